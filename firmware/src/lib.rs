@@ -1,0 +1,1 @@
+//! usrbd: the appliance service library.

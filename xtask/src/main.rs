@@ -1,0 +1,41 @@
+//! `cargo xtask <task>`: the one entry point for building the module, the
+//! service, images, and for running the VM tests, the demo and benchmarks.
+
+mod cross;
+mod image;
+mod test;
+
+use anyhow::{bail, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  test        host checks, module build, then every VM scenario (what CI runs)
+  demo        build and boot the appliance in QEMU, format, write, press the button
+  vm          interactive shell in the test VM
+  kmod        build usrbd.ko against the test kernel's headers
+  cross       build service and module for aarch64 and armv7
+  image       build a flashable SD-card image (--board rpi3-64|rpi4-64)
+  run-image   boot that image in QEMU raspi3b until the service serves
+";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "test" => test::run(&rest),
+        "demo" => test::demo(&rest),
+        "vm" => test::vm(&rest),
+        "kmod" => test::kmod(&rest),
+        "cross" => cross::run(&rest),
+        "image" => image::build(&rest),
+        "run-image" => image::run(&rest),
+        "" | "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n{USAGE}"),
+    }
+}
