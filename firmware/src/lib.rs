@@ -1,1 +1,3 @@
 //! usrbd: the appliance service library.
+
+pub mod panel;

@@ -1,0 +1,1 @@
+//! Status LEDs and the detach button.
