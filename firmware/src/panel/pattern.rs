@@ -1,0 +1,135 @@
+//! LED patterns: the levels of the status, activity and error LEDs as a pure function
+//! of the appliance state, the time and the recent I/O.
+//!
+//! | state | status LED | activity LED | error LED |
+//! |---|---|---|---|
+//! | starting | blinks 2 Hz | I/O in the last ~50 ms | off |
+//! | serving | on; without an activity LED, off for ~30 ms per I/O burst (at most 5 Hz) | I/O in the last ~50 ms | off |
+//! | detaching (syncing) | blinks 8 Hz | I/O in the last ~50 ms | off |
+//! | safe to remove | off | off | off |
+//! | error | blinks 1 Hz | I/O in the last ~50 ms | on |
+//!
+//! `PanelHandle::set_error(true)` lights the error LED in every state, safe included
+//! (the service clears it when a retried detach succeeds). Blinks start with the LED
+//! on at the moment the state is entered. When the panel stops, the LEDs are left at
+//! [`steady`] levels: status on only while serving, activity off, error as above.
+
+use super::ApplianceState;
+
+/// How long the activity LED stays lit after I/O was seen.
+pub const ACTIVITY_HOLD_MS: u64 = 50;
+/// How long the status LED goes dark per I/O burst when there is no activity LED.
+pub const FLICKER_OFF_MS: u64 = 30;
+/// At most one status flicker per this period (5 Hz).
+pub const FLICKER_PERIOD_MS: u64 = 200;
+
+/// Blink periods (full on+off cycle).
+pub const STARTING_PERIOD_MS: u64 = 500;
+pub const DETACHING_PERIOD_MS: u64 = 125;
+pub const ERROR_PERIOD_MS: u64 = 1000;
+
+/// Levels of the three LEDs; `true` is lit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Levels {
+    pub status: bool,
+    pub activity: bool,
+    pub error: bool,
+}
+
+/// What the pattern needs to know about recent I/O.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    last_io: Option<u64>,
+    flicker_start: Option<u64>,
+}
+
+impl Activity {
+    /// Records that I/O was served at `now` (ms). A status flicker starts if the last
+    /// one began at least [`FLICKER_PERIOD_MS`] ago.
+    pub fn observe(&mut self, now: u64) {
+        self.last_io = Some(now);
+        let due = self
+            .flicker_start
+            .map_or(true, |s| now.saturating_sub(s) >= FLICKER_PERIOD_MS);
+        if due {
+            self.flicker_start = Some(now);
+        }
+    }
+
+    fn within(at: Option<u64>, now: u64, window: u64) -> bool {
+        at.is_some_and(|t| now.saturating_sub(t) < window)
+    }
+
+    fn lit(&self, now: u64) -> bool {
+        Self::within(self.last_io, now, ACTIVITY_HOLD_MS)
+    }
+
+    fn flickering(&self, now: u64) -> bool {
+        Self::within(self.flicker_start, now, FLICKER_OFF_MS)
+    }
+}
+
+fn blink(in_state_ms: u64, period_ms: u64) -> bool {
+    in_state_ms % period_ms < period_ms / 2
+}
+
+/// The LED levels at `now` (ms), `in_state_ms` after entering `state`.
+pub fn levels(
+    state: ApplianceState,
+    in_state_ms: u64,
+    now: u64,
+    activity: &Activity,
+    error_flag: bool,
+    has_activity_led: bool,
+) -> Levels {
+    let io = activity.lit(now);
+    match state {
+        ApplianceState::Starting => Levels {
+            status: blink(in_state_ms, STARTING_PERIOD_MS),
+            activity: io,
+            error: error_flag,
+        },
+        ApplianceState::Serving => Levels {
+            status: has_activity_led || !activity.flickering(now),
+            activity: io,
+            error: error_flag,
+        },
+        ApplianceState::Detaching => Levels {
+            status: blink(in_state_ms, DETACHING_PERIOD_MS),
+            activity: io,
+            error: error_flag,
+        },
+        ApplianceState::Safe => Levels {
+            status: false,
+            activity: false,
+            error: error_flag,
+        },
+        ApplianceState::Error => Levels {
+            status: blink(in_state_ms, ERROR_PERIOD_MS),
+            activity: io,
+            error: true,
+        },
+    }
+}
+
+/// The levels left on the LEDs when the panel stops: no blinking, no activity.
+pub fn steady(state: ApplianceState, error_flag: bool) -> Levels {
+    Levels {
+        status: state == ApplianceState::Serving,
+        activity: false,
+        error: error_flag || state == ApplianceState::Error,
+    }
+}
+
+/// Whether the levels may change within the next idle tick (so the panel ticks fast).
+pub fn animated(state: ApplianceState, now: u64, activity: &Activity) -> bool {
+    match state {
+        ApplianceState::Starting | ApplianceState::Detaching | ApplianceState::Error => true,
+        ApplianceState::Serving => Activity::within(
+            activity.last_io,
+            now,
+            ACTIVITY_HOLD_MS.max(FLICKER_PERIOD_MS),
+        ),
+        ApplianceState::Safe => false,
+    }
+}
