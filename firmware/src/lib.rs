@@ -1,3 +1,5 @@
 //! usrbd: the appliance service library.
 
+pub mod uapi;
+
 pub mod panel;
