@@ -133,3 +133,115 @@ pub fn animated(state: ApplianceState, now: u64, activity: &Activity) -> bool {
         ApplianceState::Safe => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ApplianceState::*;
+
+    fn at(state: ApplianceState, t: u64) -> Levels {
+        levels(state, t, 10_000 + t, &Activity::default(), false, true)
+    }
+
+    /// Status levels over one second sampled every ms, and how many times they change.
+    fn toggles(state: ApplianceState) -> usize {
+        let mut n = 0;
+        let mut prev = at(state, 0).status;
+        for t in 1..1000 {
+            let s = at(state, t).status;
+            if s != prev {
+                n += 1;
+                prev = s;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn blink_rates() {
+        // Changes per second = 2 × frequency (first cycle starts lit).
+        assert_eq!(toggles(Starting), 3); // 2 Hz: on/off/on/off over 1 s
+        assert_eq!(toggles(Detaching), 15); // 8 Hz
+        assert_eq!(toggles(Error), 1); // 1 Hz
+        assert_eq!(toggles(Serving), 0);
+        assert_eq!(toggles(Safe), 0);
+        for s in [Starting, Detaching, Error] {
+            assert!(at(s, 0).status, "{s:?} blinks start lit");
+        }
+        assert!(!at(Starting, 250).status);
+        assert!(at(Starting, 500).status);
+        assert!(!at(Detaching, 63).status);
+        assert!(!at(Error, 500).status);
+    }
+
+    #[test]
+    fn steady_states() {
+        for t in [0, 7, 333, 999_999] {
+            assert_eq!(
+                at(Serving, t),
+                Levels {
+                    status: true,
+                    activity: false,
+                    error: false
+                }
+            );
+            assert_eq!(at(Safe, t), Levels::default());
+            assert!(at(Error, t).error);
+            assert!(!at(Starting, t).error && !at(Detaching, t).error);
+        }
+    }
+
+    #[test]
+    fn error_flag_lights_error_led_in_every_state() {
+        for s in [Starting, Serving, Detaching, Safe, Error] {
+            let l = levels(s, 0, 0, &Activity::default(), true, true);
+            assert!(l.error, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn activity_led_follows_recent_io() {
+        let mut a = Activity::default();
+        a.observe(1000);
+        let l = |now| levels(Serving, now, now, &a, false, true);
+        assert!(l(1000).activity && l(1000).status);
+        assert!(l(1049).activity);
+        assert!(!l(1050).activity);
+        assert!(l(1049).status, "with an activity LED the status stays on");
+        let safe = levels(Safe, 0, 1010, &a, false, true);
+        assert!(!safe.activity, "safe shows nothing");
+    }
+
+    #[test]
+    fn status_flickers_without_activity_led() {
+        let mut a = Activity::default();
+        let status = |a: &Activity, now| levels(Serving, now, now, a, false, false).status;
+        a.observe(1000);
+        assert!(!status(&a, 1000));
+        assert!(!status(&a, 1029));
+        assert!(status(&a, 1030));
+        // Continuous I/O: at most one flicker per 200 ms (5 Hz).
+        let mut dark_starts = Vec::new();
+        let mut prev = true;
+        for now in 1000..2000 {
+            a.observe(now);
+            let s = status(&a, now);
+            if prev && !s {
+                dark_starts.push(now);
+            }
+            prev = s;
+        }
+        assert_eq!(dark_starts, vec![1000, 1200, 1400, 1600, 1800]);
+        assert!(animated(Serving, 2100, &a));
+        assert!(!animated(Serving, 2300, &a));
+    }
+
+    #[test]
+    fn steady_levels_when_stopping() {
+        assert_eq!(steady(Safe, false), Levels::default());
+        assert!(steady(Serving, false).status);
+        assert!(!steady(Detaching, false).status);
+        assert!(steady(Error, false).error);
+        assert!(steady(Safe, true).error);
+    }
+}

@@ -390,3 +390,211 @@ pub fn parse_key(s: &str) -> Option<u16> {
 pub fn key_name(code: u16) -> Option<&'static str> {
     KEYS.iter().find(|(_, c)| *c == code).map(|(n, _)| *n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn button(s: &str) -> ButtonSpec {
+        s.parse().unwrap()
+    }
+
+    fn led(s: &str) -> LedSpec {
+        s.parse().unwrap()
+    }
+
+    fn reason<T: FromStr<Err = PanelError> + fmt::Debug>(s: &str) -> String {
+        match s.parse::<T>() {
+            Err(PanelError::Spec { spec, reason }) => {
+                assert_eq!(spec, s, "the error names the spec");
+                reason
+            }
+            other => panic!("`{s}` should be a spec error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_button_specs() {
+        assert_eq!(button("none"), ButtonSpec::None);
+        assert_eq!(
+            button("input:/dev/input/event2:KEY_POWER"),
+            ButtonSpec::Input {
+                device: InputDevice::Path("/dev/input/event2".into()),
+                key: 116
+            }
+        );
+        assert_eq!(
+            button("input:name=gpio_keys:KEY_POWER"),
+            ButtonSpec::Input {
+                device: InputDevice::Name("gpio_keys".into()),
+                key: 116
+            }
+        );
+        // A device name may itself contain colons; the key is after the last one.
+        assert_eq!(
+            button("input:name=usb:kbd 1:28"),
+            ButtonSpec::Input {
+                device: InputDevice::Name("usb:kbd 1".into()),
+                key: 28
+            }
+        );
+        assert_eq!(
+            button("gpio:/dev/gpiochip0:3:active-low"),
+            ButtonSpec::Gpio(GpioLine {
+                chip: "/dev/gpiochip0".into(),
+                line: 3,
+                active_low: true
+            })
+        );
+        assert_eq!(
+            button("gpio:/dev/gpiochip1:17"),
+            ButtonSpec::Gpio(GpioLine {
+                chip: "/dev/gpiochip1".into(),
+                line: 17,
+                active_low: false
+            })
+        );
+        assert_eq!(
+            button("rppal:17:active-low"),
+            ButtonSpec::Rppal {
+                pin: 17,
+                active_low: true
+            }
+        );
+    }
+
+    #[test]
+    fn key_names_and_codes() {
+        let cases = [
+            ("KEY_POWER", 116),
+            ("KEY_ENTER", 28),
+            ("KEY_A", 30),
+            ("KEY_Z", 44),
+            ("KEY_1", 2),
+            ("KEY_0", 11),
+            ("KEY_PROG1", 148),
+            ("KEY_PROG4", 203),
+            ("BTN_0", 0x100),
+            ("BTN_9", 0x109),
+            ("116", 116),
+            ("0x74", 116),
+            ("767", 767),
+        ];
+        for (name, code) in cases {
+            assert_eq!(parse_key(name), Some(code), "{name}");
+        }
+        for bad_key in ["KEY_NOPE", "768", "-1", "", "key_power"] {
+            assert_eq!(parse_key(bad_key), None, "{bad_key}");
+        }
+    }
+
+    #[test]
+    fn good_led_specs() {
+        assert_eq!(led("none"), LedSpec::None);
+        assert_eq!(
+            led("sysfs:/sys/class/leds/ACT"),
+            LedSpec::Sysfs("/sys/class/leds/ACT".into())
+        );
+        assert_eq!(
+            led("sysfs:/sys/class/leds/input3::numlock"),
+            LedSpec::Sysfs("/sys/class/leds/input3::numlock".into())
+        );
+        assert_eq!(led("sysfs-name:ACT"), LedSpec::SysfsName("ACT".into()));
+        assert_eq!(
+            led("gpio:/dev/gpiochip0:4"),
+            LedSpec::Gpio(GpioLine {
+                chip: "/dev/gpiochip0".into(),
+                line: 4,
+                active_low: false
+            })
+        );
+        assert_eq!(
+            led("rppal:27"),
+            LedSpec::Rppal {
+                pin: 27,
+                active_low: false
+            }
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_why() {
+        assert!(reason::<ButtonSpec>("").contains("expected"));
+        assert!(reason::<ButtonSpec>("button").contains("expected"));
+        assert!(reason::<ButtonSpec>("usb:3").contains("unknown button kind `usb`"));
+        assert!(reason::<ButtonSpec>("input:/dev/input/event0:KEY_NOPE")
+            .contains("unknown key `KEY_NOPE`"));
+        assert!(reason::<ButtonSpec>("input:/dev/input/event0").contains("expected input:"));
+        assert!(reason::<ButtonSpec>("input:event0:KEY_POWER").contains("absolute"));
+        assert!(reason::<ButtonSpec>("input:name=:KEY_POWER").contains("empty"));
+        assert!(reason::<ButtonSpec>("gpio:/dev/gpiochip0").contains("expected gpio:"));
+        assert!(reason::<ButtonSpec>("gpio:/dev/gpiochip0:x").contains("line `x`"));
+        assert!(reason::<ButtonSpec>("gpio::3").contains("chip path"));
+        assert!(reason::<ButtonSpec>("rppal:54").contains("0..=53"));
+        assert!(reason::<ButtonSpec>("rppal:-1").contains("0..=53"));
+        assert!(reason::<ButtonSpec>("rppal:17:active-high").contains("0..=53"));
+        assert!(reason::<LedSpec>("sysfs:ACT").contains("absolute"));
+        assert!(reason::<LedSpec>("sysfs-name:").contains("suffix"));
+        assert!(
+            reason::<LedSpec>("input:/dev/input/event0:KEY_A").contains("unknown LED kind `input`")
+        );
+        assert!(reason::<LedSpec>("rppal:99").contains("0..=53"));
+        let msg = "rppal:99".parse::<LedSpec>().unwrap_err().to_string();
+        assert!(msg.starts_with("bad panel spec `rppal:99`"), "{msg}");
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let buttons = [
+            "none",
+            "input:/dev/input/event0:KEY_POWER",
+            "input:name=gpio_keys:KEY_PROG2",
+            "input:name=my dev:700",
+            "gpio:/dev/gpiochip0:3",
+            "gpio:/dev/gpiochip0:3:active-low",
+            "rppal:0",
+            "rppal:53:active-low",
+        ];
+        for s in buttons {
+            assert_eq!(button(s).to_string(), s);
+        }
+        // A code with a name prints as the name, which parses back to the same code.
+        assert_eq!(
+            button("input:/dev/input/event1:116").to_string(),
+            "input:/dev/input/event1:KEY_POWER"
+        );
+        let leds = [
+            "none",
+            "sysfs:/sys/class/leds/ACT",
+            "sysfs-name:::numlock",
+            "gpio:/dev/gpiochip0:4:active-low",
+            "rppal:27",
+        ];
+        for s in leds {
+            assert_eq!(led(s).to_string(), s);
+        }
+    }
+
+    #[test]
+    fn serde_from_and_to_strings() {
+        #[derive(Deserialize, Serialize, Debug)]
+        struct Panel {
+            button: ButtonSpec,
+            led_status: LedSpec,
+        }
+        let p: Panel = serde_json::from_str(
+            r#"{"button": "gpio:/dev/gpiochip0:3:active-low", "led_status": "sysfs:/sys/class/leds/ACT"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.button, button("gpio:/dev/gpiochip0:3:active-low"));
+        assert_eq!(p.led_status, led("sysfs:/sys/class/leds/ACT"));
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"button":"gpio:/dev/gpiochip0:3:active-low","led_status":"sysfs:/sys/class/leds/ACT"}"#
+        );
+        let err = serde_json::from_str::<Panel>(r#"{"button": "rppal:60", "led_status": "none"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rppal:60") && err.contains("0..=53"), "{err}");
+    }
+}
