@@ -1,1 +1,47 @@
-fn main() {}
+//! vmkit: helpers that run inside the test VM. `main` only parses the
+//! command line and dispatches; each subcommand lives in its own file.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod ackcheck;
+mod ackwrite;
+mod block;
+mod leds_check;
+mod panel;
+mod stop;
+
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// uinput front panel: LEDs recorded to a file, button pressed through a FIFO
+    Panel(panel::Args),
+    /// Check a recorded LED stream for phases in order
+    LedsCheck(leds_check::Args),
+    /// Write random self-describing blocks, logging each once it is durable
+    Ackwrite(ackwrite::Args),
+    /// Check that every acknowledged block is on the image
+    Ackcheck(ackcheck::Args),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::Panel(a) => panel::run(a),
+        Cmd::LedsCheck(a) => leds_check::run(a),
+        Cmd::Ackwrite(a) => ackwrite::run(a),
+        Cmd::Ackcheck(a) => ackcheck::run(a),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("vmkit: {e:#}");
+        ExitCode::FAILURE
+    })
+}
