@@ -1,0 +1,49 @@
+SUMMARY = "usrbd service configuration for this board"
+DESCRIPTION = "/etc/usrbd/usrbd.toml: the repository's default config \
+               (firmware/usrbd.toml) with the [panel] table of the machine's pin map \
+               (board/pinmaps/)."
+HOMEPAGE = "https://github.com/usrbd/usrbd"
+BUGTRACKER = "https://github.com/usrbd/usrbd/issues"
+SECTION = "base"
+LICENSE = "MIT | Apache-2.0"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302 \
+                    file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10 \
+"
+
+FILESEXTRAPATHS:prepend := "${USRBD_TOPDIR}:"
+SRC_URI = "file://firmware/usrbd.toml;subdir=${BP} \
+           file://board/pinmaps;subdir=${BP} \
+"
+S = "${WORKDIR}/${BP}"
+
+# Only files are installed: no compiler, no C library.
+INHIBIT_DEFAULT_DEPS = "1"
+
+# Pin map (board/pinmaps/<name>.toml): the board config sets the machine's
+# default (conf/distro/include/usrbd-rpi.inc); set USRBD_PINMAP in local.conf
+# to pick another. Empty keeps the default config's own [panel].
+USRBD_PINMAP_DEFAULT ??= ""
+USRBD_PINMAP ??= "${USRBD_PINMAP_DEFAULT}"
+
+# The pin map makes the file differ per machine.
+PACKAGE_ARCH = "${MACHINE_ARCH}"
+
+do_configure[noexec] = "1"
+
+do_compile() {
+    if [ -n "${USRBD_PINMAP}" ]; then
+        sh ${S}/board/pinmaps/apply-pinmap.sh ${S}/firmware/usrbd.toml \
+            ${S}/board/pinmaps/${USRBD_PINMAP}.toml > ${B}/usrbd.toml
+    else
+        cp ${S}/firmware/usrbd.toml ${B}/usrbd.toml
+    fi
+}
+
+do_install() {
+    install -d ${D}${sysconfdir}/usrbd ${D}${datadir}/usrbd/pinmaps
+    install -m 0644 ${B}/usrbd.toml ${D}${sysconfdir}/usrbd/usrbd.toml
+    install -m 0644 ${S}/board/pinmaps/*.toml ${D}${datadir}/usrbd/pinmaps/
+}
+
+FILES:${PN} += "${datadir}/usrbd"
+CONFFILES:${PN} = "${sysconfdir}/usrbd/usrbd.toml"

@@ -1,0 +1,25 @@
+SUMMARY = "usrbd kernel module: block devices served from userspace"
+DESCRIPTION = "usrbd.ko creates blk-mq block devices whose requests are \
+               served by the usrbd service through /dev/usrbd-control."
+HOMEPAGE = "https://github.com/usrbd/usrbd"
+BUGTRACKER = "https://github.com/usrbd/usrbd/issues"
+SECTION = "kernel/modules"
+LICENSE = "GPL-2.0-only"
+# The module is GPL-2.0 (its UAPI header adds the Linux-syscall-note); the
+# repository has no license text file yet, so the common text is checked.
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/GPL-2.0-only;md5=801f80980d171dd6425610833a22dbe6"
+
+# kmod/ of the checkout this layer sits in (USRBD_TOPDIR, conf/layer.conf).
+FILESEXTRAPATHS:prepend := "${USRBD_TOPDIR}:"
+SRC_URI = "file://kmod;subdir=${BP}"
+S = "${WORKDIR}/${BP}/kmod"
+
+inherit module
+
+# kmod/Makefile takes the kernel build tree as KDIR (make -C kmod KDIR=...).
+EXTRA_OEMAKE += "KDIR=${STAGING_KERNEL_DIR}"
+
+# Loaded at boot, before the service starts: the service opens /dev/usrbd-control.
+KERNEL_MODULE_AUTOLOAD += "usrbd"
+
+RPROVIDES:${PN} += "kernel-module-usrbd"
