@@ -16,8 +16,8 @@ S = "${WORKDIR}/${BP}/kmod"
 
 inherit module
 
-# kmod/Makefile takes the kernel build tree as KDIR (make -C kmod KDIR=...).
-EXTRA_OEMAKE += "KDIR=${STAGING_KERNEL_DIR}"
+# module.bbclass passes KERNEL_SRC, which kmod/Makefile takes as the kernel
+# tree, and runs its modules / modules_install targets.
 
 # Loaded at boot, before the service starts: the service opens /dev/usrbd-control.
 KERNEL_MODULE_AUTOLOAD += "usrbd"
