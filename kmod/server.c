@@ -1,0 +1,439 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * usrbd: server fds and the SERVE ioctl.
+ *
+ * ATTACH (from the control device) binds a new anonymous-inode fd to one
+ * hardware queue of one device; the fd holds a device reference. SERVE on
+ * that fd first applies the server's answers, then hands out new requests,
+ * sleeping if there are none. Request data moves exactly once each way,
+ * between the bio pages and the server's buffer at
+ * buf_addr + tag * max_io_bytes: WRITE data when the request is fetched,
+ * READ data when its answer is applied. No user copy happens under a
+ * spinlock: a request being copied is marked FETCHING or COMPLETING so
+ * that nobody else (timeout, server death, destroy) ends it meanwhile.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/anon_inodes.h>
+#include <linux/blk-mq.h>
+#include <linux/err.h>
+#include <linux/fs.h>
+#include <linux/highmem.h>
+#include <linux/ktime.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+
+#include "usrbd.h"
+
+struct usrbd_server {
+	struct usrbd_dev *dev;
+	struct usrbd_queue *q;
+	u64 buf_addr;
+	/* The address space buf_addr belongs to; SERVE runs only there. */
+	struct mm_struct *mm;
+};
+
+static void __user *usrbd_server_buf(struct usrbd_server *srv, u32 tag)
+{
+	return u64_to_user_ptr(srv->buf_addr + (u64)tag * srv->dev->max_io_bytes);
+}
+
+/* Copy a READ/WRITE payload between the bio pages and the server buffer. */
+static int usrbd_copy_data(struct request *rq, void __user *ubuf, bool to_server)
+{
+	struct req_iterator iter;
+	struct bio_vec bv;
+	size_t off = 0;
+
+	rq_for_each_segment(bv, rq, iter) {
+		void *kaddr = bvec_kmap_local(&bv);
+		unsigned long left;
+
+		if (to_server) {
+			left = copy_to_user(ubuf + off, kaddr, bv.bv_len);
+		} else {
+			left = copy_from_user(kaddr, ubuf + off, bv.bv_len);
+			flush_dcache_page(bv.bv_page);
+		}
+		kunmap_local(kaddr);
+		if (left)
+			return -EFAULT;
+		off += bv.bv_len;
+	}
+	return 0;
+}
+
+static int usrbd_reject(struct usrbd_queue *q, const struct usrbd_completion *c,
+			const char *why)
+{
+	atomic64_inc(&q->stats.rejected);
+	pr_warn_ratelimited("%s: queue %u: answer for tag %u refused: %s\n",
+			    q->dev->name, q->index, c->tag, why);
+	return -EINVAL;
+}
+
+static int usrbd_complete_one(struct usrbd_server *srv,
+			      const struct usrbd_completion *c)
+{
+	struct usrbd_queue *q = srv->q;
+	struct usrbd_cmd *cmd = NULL;
+	blk_status_t status = BLK_STS_OK;
+	const char *why = NULL;
+	struct request *rq;
+
+	if (c->tag >= q->dev->queue_depth)
+		return usrbd_reject(q, c, "tag out of range");
+	if (c->result > 0 || c->result < -MAX_ERRNO)
+		return usrbd_reject(q, c, "result is neither 0 nor -errno");
+
+	spin_lock_irq(&q->lock);
+	rq = q->held[c->tag];
+	if (rq)
+		cmd = blk_mq_rq_to_pdu(rq);
+	if (!cmd || cmd->state != USRBD_CMD_HELD)
+		why = "tag not in flight";
+	else if (c->op != cmd->op)
+		why = "op does not match the request";
+	else if (!c->result && c->len != cmd->len)
+		why = "len does not match the request";
+	if (why) {
+		spin_unlock_irq(&q->lock);
+		return usrbd_reject(q, c, why);
+	}
+	/* Out of the table: a second answer for this tag is now refused. */
+	q->held[c->tag] = NULL;
+	cmd->state = USRBD_CMD_COMPLETING;
+	spin_unlock_irq(&q->lock);
+
+	if (c->result) {
+		status = errno_to_blk_status(c->result);
+	} else if (cmd->op == USRBD_OP_READ &&
+		   usrbd_copy_data(rq, usrbd_server_buf(srv, c->tag), false)) {
+		/* Bad buffer: the server keeps the request and may answer again. */
+		spin_lock_irq(&q->lock);
+		if (!q->dead) {
+			cmd->state = USRBD_CMD_HELD;
+			q->held[c->tag] = rq;
+			spin_unlock_irq(&q->lock);
+			return -EFAULT;
+		}
+		cmd->state = USRBD_CMD_IDLE;
+		spin_unlock_irq(&q->lock);
+		usrbd_end_request(q, rq, BLK_STS_IOERR);
+		return -EFAULT;
+	}
+	usrbd_end_request(q, rq, status);
+	return 0;
+}
+
+static noinline_for_stack int
+usrbd_apply_completions(struct usrbd_server *srv,
+			const struct usrbd_completion __user *ucomp,
+			u32 count, u32 *done)
+{
+	struct usrbd_completion batch[USRBD_SERVE_CHUNK];
+
+	while (*done < count) {
+		u32 n = min_t(u32, count - *done, USRBD_SERVE_CHUNK);
+		u32 i;
+		int ret;
+
+		if (copy_from_user(batch, ucomp + *done, n * sizeof(batch[0])))
+			return -EFAULT;
+		for (i = 0; i < n; i++) {
+			ret = usrbd_complete_one(srv, &batch[i]);
+			if (ret)
+				return ret;
+			(*done)++;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Give requests taken by a failed fetch back to the head of the FIFO, in
+ * their order, or fail them if the queue died meanwhile.
+ */
+static void usrbd_requeue(struct usrbd_queue *q, struct request **rqs,
+			  unsigned int n)
+{
+	LIST_HEAD(victims);
+
+	spin_lock_irq(&q->lock);
+	while (n--) {
+		struct usrbd_cmd *cmd = blk_mq_rq_to_pdu(rqs[n]);
+
+		q->held[cmd->tag] = NULL;
+		if (q->dead) {
+			cmd->state = USRBD_CMD_IDLE;
+			list_add(&cmd->node, &victims);
+		} else {
+			cmd->state = USRBD_CMD_QUEUED;
+			list_add(&cmd->node, &q->fifo);
+			q->nr_queued++;
+		}
+	}
+	spin_unlock_irq(&q->lock);
+	usrbd_fail_list(q, &victims, BLK_STS_IOERR);
+}
+
+/* The server has the requests now, unless the queue died meanwhile. */
+static void usrbd_hand_over(struct usrbd_queue *q, struct request **rqs,
+			    unsigned int n, u32 *events)
+{
+	LIST_HEAD(victims);
+	unsigned int i;
+
+	spin_lock_irq(&q->lock);
+	for (i = 0; i < n; i++) {
+		struct usrbd_cmd *cmd = blk_mq_rq_to_pdu(rqs[i]);
+
+		if (q->dead) {
+			q->held[cmd->tag] = NULL;
+			cmd->state = USRBD_CMD_IDLE;
+			list_add_tail(&cmd->node, &victims);
+		} else {
+			cmd->state = USRBD_CMD_HELD;
+		}
+	}
+	if (q->dead)
+		*events |= USRBD_EV_GONE;
+	spin_unlock_irq(&q->lock);
+	usrbd_fail_list(q, &victims, BLK_STS_IOERR);
+}
+
+/* Fetch up to @max (<= USRBD_SERVE_CHUNK) requests; returns how many. */
+static noinline_for_stack int
+usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
+		  u32 max, u32 *events)
+{
+	struct usrbd_request out[USRBD_SERVE_CHUNK];
+	struct request *rqs[USRBD_SERVE_CHUNK];
+	struct usrbd_queue *q = srv->q;
+	unsigned int n = 0, i;
+
+	spin_lock_irq(&q->lock);
+	if (q->dead) {
+		spin_unlock_irq(&q->lock);
+		*events |= USRBD_EV_GONE;
+		return 0;
+	}
+	while (n < max && !list_empty(&q->fifo)) {
+		struct usrbd_cmd *cmd = list_first_entry(&q->fifo,
+							 struct usrbd_cmd, node);
+		struct request *rq = blk_mq_rq_from_pdu(cmd);
+
+		list_del_init(&cmd->node);
+		q->nr_queued--;
+		cmd->state = USRBD_CMD_FETCHING;
+		cmd->tag = rq->tag;
+		q->held[cmd->tag] = rq;
+		rqs[n++] = rq;
+	}
+	spin_unlock_irq(&q->lock);
+
+	for (i = 0; i < n; i++) {
+		struct usrbd_cmd *cmd = blk_mq_rq_to_pdu(rqs[i]);
+
+		out[i] = (struct usrbd_request) {
+			.tag	= cmd->tag,
+			.op	= cmd->op,
+			.flags	= cmd->flags,
+			.len	= cmd->len,
+			.offset	= (u64)blk_rq_pos(rqs[i]) << SECTOR_SHIFT,
+		};
+		if (cmd->op == USRBD_OP_FLUSH)
+			out[i].offset = 0;
+		if (cmd->op == USRBD_OP_WRITE &&
+		    usrbd_copy_data(rqs[i], usrbd_server_buf(srv, cmd->tag), true))
+			goto fault;
+	}
+	if (n && copy_to_user(ureq, out, n * sizeof(out[0])))
+		goto fault;
+	usrbd_hand_over(q, rqs, n, events);
+	return n;
+
+fault:
+	usrbd_requeue(q, rqs, n);
+	return -EFAULT;
+}
+
+static bool usrbd_queue_ready(struct usrbd_queue *q)
+{
+	return READ_ONCE(q->nr_queued) || READ_ONCE(q->dead);
+}
+
+static void usrbd_wait_for_work(struct usrbd_queue *q, u32 wait_ms)
+{
+	unsigned int spin_us = READ_ONCE(usrbd_poll_spin_us);
+
+	if (spin_us) {
+		/* A short busy-poll saves the sleep/wake round trip at low depth. */
+		u64 end = ktime_get_ns() + (u64)min(spin_us, wait_ms) * NSEC_PER_USEC;
+
+		while (!usrbd_queue_ready(q)) {
+			if (need_resched() || signal_pending(current) ||
+			    ktime_get_ns() > end)
+				break;
+			cpu_relax();
+		}
+	}
+	if (usrbd_queue_ready(q))
+		return;
+	/* A signal just ends the wait: SERVE then returns no request. */
+	if (wait_ms == USRBD_WAIT_FOREVER)
+		wait_event_interruptible(q->wait, usrbd_queue_ready(q));
+	else
+		wait_event_interruptible_timeout(q->wait, usrbd_queue_ready(q),
+						 msecs_to_jiffies(wait_ms));
+}
+
+static int usrbd_fetch(struct usrbd_server *srv, struct usrbd_request __user *ureq,
+		       u32 max, u32 wait_ms, u32 *nr, u32 *events)
+{
+	bool waited = false;
+
+	for (;;) {
+		while (*nr < max) {
+			u32 want = min_t(u32, max - *nr, USRBD_SERVE_CHUNK);
+			int got = usrbd_fetch_chunk(srv, ureq + *nr, want, events);
+
+			/* Requests already handed over must be reported. */
+			if (got < 0)
+				return *nr ? 0 : got;
+			*nr += got;
+			if (got < want)
+				break;
+		}
+		if (*nr || *events || !wait_ms || waited)
+			return 0;
+		usrbd_wait_for_work(srv->q, wait_ms);
+		waited = true;
+	}
+}
+
+static long usrbd_serve(struct usrbd_server *srv, struct usrbd_serve __user *uarg)
+{
+	struct usrbd_queue *q = srv->q;
+	struct usrbd_serve s;
+	int ret = 0;
+
+	if (current->mm != srv->mm)
+		return -EPERM;
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	if (s.nr_completions > USRBD_MAX_BATCH || s.max_requests > USRBD_MAX_BATCH) {
+		pr_warn_ratelimited("%s: serve: batch larger than %u\n",
+				    q->dev->name, USRBD_MAX_BATCH);
+		return -EINVAL;
+	}
+	s.nr_completed = 0;
+	s.nr_requests = 0;
+	s.events = 0;
+
+	if (READ_ONCE(q->dead)) {
+		s.events |= USRBD_EV_GONE;
+	} else {
+		ret = usrbd_apply_completions(srv, u64_to_user_ptr(s.completions),
+					      s.nr_completions, &s.nr_completed);
+		if (!ret && s.max_requests)
+			ret = usrbd_fetch(srv, u64_to_user_ptr(s.requests),
+					  s.max_requests, s.wait_ms,
+					  &s.nr_requests, &s.events);
+	}
+	if (copy_to_user(uarg, &s, sizeof(s)))
+		return -EFAULT;
+	return ret;
+}
+
+static long usrbd_server_ioctl(struct file *file, unsigned int cmd,
+			       unsigned long arg)
+{
+	if (cmd != USRBD_IOC_SERVE)
+		return -ENOTTY;
+	return usrbd_serve(file->private_data, (void __user *)arg);
+}
+
+static int usrbd_server_release(struct inode *inode, struct file *file)
+{
+	struct usrbd_server *srv = file->private_data;
+	struct usrbd_dev *dev = srv->dev;
+
+	usrbd_queue_detach(srv->q, srv);
+	usrbd_dev_server_change(dev, -1);
+	mmdrop(srv->mm);
+	kfree(srv);
+	usrbd_dev_put(dev);
+	return 0;
+}
+
+static const struct file_operations usrbd_server_fops = {
+	.owner		= THIS_MODULE,
+	.release	= usrbd_server_release,
+	.unlocked_ioctl	= usrbd_server_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
+	.llseek		= noop_llseek,
+};
+
+/* Returns the new server fd, or a negative errno. */
+int usrbd_server_attach(struct usrbd_dev *dev, const struct usrbd_attach *a)
+{
+	u64 need = (u64)dev->queue_depth * dev->max_io_bytes;
+	struct usrbd_server *srv;
+	struct usrbd_queue *q;
+	int ret = 0;
+	int fd;
+
+	if (a->queue >= dev->nr_queues) {
+		pr_warn_ratelimited("%s: attach: queue %u, device has %u\n",
+				    dev->name, a->queue, dev->nr_queues);
+		return -EINVAL;
+	}
+	if (a->buf_len < need) {
+		pr_warn_ratelimited("%s: attach: buffer of %llu bytes, need %llu\n",
+				    dev->name, (unsigned long long)a->buf_len,
+				    (unsigned long long)need);
+		return -EINVAL;
+	}
+	if (!a->buf_addr || !access_ok(u64_to_user_ptr(a->buf_addr), need))
+		return -EFAULT;
+
+	srv = kzalloc(sizeof(*srv), GFP_KERNEL);
+	if (!srv)
+		return -ENOMEM;
+	q = &dev->queues[a->queue];
+	srv->dev = dev;
+	srv->q = q;
+	srv->buf_addr = a->buf_addr;
+
+	spin_lock_irq(&q->lock);
+	if (q->dead)
+		ret = -ENODEV;
+	else if (q->server)
+		ret = -EBUSY;
+	else
+		q->server = srv;
+	spin_unlock_irq(&q->lock);
+	if (ret) {
+		kfree(srv);
+		return ret;
+	}
+
+	kref_get(&dev->ref);
+	mmgrab(current->mm);
+	srv->mm = current->mm;
+	usrbd_dev_server_change(dev, 1);
+
+	fd = anon_inode_getfd("[usrbd-server]", &usrbd_server_fops, srv,
+			      O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		usrbd_queue_detach(q, srv);
+		usrbd_dev_server_change(dev, -1);
+		mmdrop(srv->mm);
+		kfree(srv);
+		usrbd_dev_put(dev);
+	}
+	return fd;
+}
