@@ -1,0 +1,126 @@
+//! Error types of the library, one enum per concern. Each variant names what failed
+//! and with which input, so the binary can print it without more context.
+
+use std::io;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+
+/// The control device and server fds (`/dev/usrbd-control`, ioctls).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("opening {}: {source} (is usrbd.ko loaded and are you root?)", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op} failed: {errno}")]
+    Ioctl { op: String, errno: Errno },
+    #[error("module speaks ABI {module}, this program speaks {ours}")]
+    Abi { module: u32, ours: u32 },
+    #[error("device name `{0}` must be 1..31 bytes of letters, digits, `-` or `_`")]
+    Name(String),
+    #[error("no usrbd device named `{0}`")]
+    NotFound(String),
+    #[error("server buffer of {len} bytes: {errno}")]
+    Buffer { len: usize, errno: Errno },
+}
+
+impl DeviceError {
+    /// The errno of a failed ioctl, if that is what this is.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            DeviceError::Ioctl { errno, .. } | DeviceError::Buffer { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// Opening, loading, saving and syncing a backend (the per-request path answers
+/// errnos to the kernel instead).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("device.size (--size) is required: {} does not exist yet", path.display())]
+    SizeRequired { path: PathBuf },
+    #[error("device.size (--size) is required for the ram backend without an existing image")]
+    RamSizeRequired,
+    #[error("{} holds {have} bytes, less than the {want} bytes asked for", path.display())]
+    TooSmall { path: PathBuf, have: u64, want: u64 },
+    #[error("image {} holds {have} bytes, more than the {want}-byte device", path.display())]
+    ImageTooLarge { path: PathBuf, have: u64, want: u64 },
+    #[error("mapping {size} bytes of RAM: {errno}")]
+    Map { size: u64, errno: Errno },
+    #[error("size {size} is not a multiple of the {block}-byte block size")]
+    Unaligned { size: u64, block: u32 },
+}
+
+/// Reading and checking the configuration (TOML file and flags).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("config {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: `{value}` is not accepted; expected {accepted}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        accepted: String,
+    },
+    #[error("{key} is required {why}")]
+    Missing { key: &'static str, why: &'static str },
+}
+
+/// A step of the detach sequence that failed; the device keeps serving unless the
+/// variant says the graceful destroy already happened.
+#[derive(Debug, thiserror::Error)]
+pub enum DetachError {
+    #[error("{} is busy (still in use), not unmounting; the device keeps serving", mountpoint.display())]
+    Busy { mountpoint: PathBuf },
+    #[error("unmounting {}: {errno}", mountpoint.display())]
+    Unmount { mountpoint: PathBuf, errno: Errno },
+    #[error("reading the mount table: {0}")]
+    MountTable(#[source] io::Error),
+    #[error("flushing {}: {source}", path.display())]
+    Flush {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("graceful destroy: {0}")]
+    Destroy(#[source] DeviceError),
+    #[error("a worker failed: {0}")]
+    Worker(String),
+    #[error("final sync of the backend: {0}")]
+    Finish(#[source] BackendError),
+}
+
+/// The control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no usrbd server socket in {}; is `usrbd serve` running? (or pass --socket)", dir.display())]
+    NoServer { dir: PathBuf },
+    #[error("several servers run ({}); pick one with --socket", list.join(", "))]
+    Ambiguous { list: Vec<String> },
+    #[error("talking to the server: {0}")]
+    Protocol(String),
+}
