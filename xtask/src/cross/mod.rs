@@ -1,7 +1,133 @@
-//! `cargo xtask cross`: ARM builds of the service and the module.
+//! `cargo xtask cross [--vm]`: ARM builds of the service and the module, and
+//! the arm64 VM tier that runs them (with the armv7 service on the 64-bit
+//! kernel through the compat ioctl path).
+//!
+//! No Docker here: Debian's cross gcc links, rustup provides the Rust
+//! targets, and the kernel headers, kernel image and busybox come from
+//! Debian's arm64/armhf `.deb`s unpacked under `target/cross/`.
 
-use anyhow::{bail, Result};
+mod build;
+mod cpio;
+mod debian;
+mod host;
+mod vm;
 
-pub fn run(_args: &[String]) -> Result<()> {
-    bail!("cross builds are not implemented yet")
+use anyhow::{bail, Context, Result};
+
+use build::{Target, AARCH64, ARMV7, TARGETS};
+use debian::Flavour;
+
+const USAGE: &str = "\
+usage: cargo xtask cross [--vm]
+
+  (no option)  build usrbd (with and without `rpi`), vmkit and usrbd.ko for
+               aarch64 and armv7 into target/cross/{aarch64,armv7}/
+  --vm         build what the arm64 VM needs and run its scenarios
+
+env: USRBD_CROSS_KVER=6.12.N+deb12 pins the Debian kernel version.
+";
+
+pub fn run(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        None => build_all(),
+        Some("--vm") => {
+            let (_, failed) = arm64_tier()?;
+            if failed > 0 {
+                bail!("{failed} arm64 scenario(s) failed");
+            }
+            Ok(())
+        }
+        Some("-h" | "--help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown option `{other}`\n{USAGE}"),
+    }
+}
+
+/// Builds, boots and runs the arm64 VM scenarios; (passed, failed).
+/// Called by `cargo xtask test` as well as `cargo xtask cross --vm`.
+pub fn arm64_tier() -> Result<(usize, usize)> {
+    prepare(&["qemu-system-arm"])?;
+    let known = debian::known_packages()?;
+    let ver = debian::pick_version(&known, debian::ARM64, true)?;
+    ensure_kbuild(std::slice::from_ref(&ver))?;
+    build::userspace(AARCH64)?;
+    build::userspace(ARMV7)?;
+    build::modules(AARCH64, &[(debian::ARM64, ver.clone())])?;
+
+    let cache = build::cross_dir();
+    let root = build::workspace_root();
+    let bin = |t: &Target, name: &str| cache.join(t.name).join(name);
+    let inputs = vm::Inputs {
+        kernel: debian::kernel_image(&cache, &known, &ver, debian::ARM64)?,
+        busybox: debian::busybox(&cache, "arm64")?,
+        binaries: vec![
+            ("usrbd-aarch64".into(), bin(&AARCH64, "usrbd")),
+            ("usrbd-armv7".into(), bin(&ARMV7, "usrbd")),
+            ("vmkit-aarch64".into(), bin(&AARCH64, "vmkit")),
+            ("vmkit-armv7".into(), bin(&ARMV7, "vmkit")),
+        ],
+        module: bin(&AARCH64, "usrbd.ko"),
+        tests: root.join("tests/arm64"),
+        work: cache.join("vm"),
+    };
+    eprintln!("cross: arm64 VM kernel {ver}-arm64");
+    vm::run(&inputs)
+}
+
+fn build_all() -> Result<()> {
+    prepare(&[])?;
+    let known = debian::known_packages()?;
+    let mut versions: Vec<(Flavour, String)> = Vec::new();
+    for target in TARGETS {
+        for (flavour, _) in target.modules {
+            let ver = debian::pick_version(&known, *flavour, false)?;
+            versions.push((*flavour, ver));
+        }
+    }
+    let kvers: Vec<String> = versions.iter().map(|(_, v)| v.clone()).collect();
+    ensure_kbuild(&kvers)?;
+    for (flavour, ver) in &versions {
+        eprintln!(
+            "cross: {} headers: linux-headers-{ver}-{}",
+            flavour.name, flavour.name
+        );
+    }
+    for target in TARGETS {
+        build::userspace(target)?;
+        build::modules(target, &versions)?;
+    }
+    for target in TARGETS {
+        println!("target/cross/{}:", target.name);
+        build::describe(target).with_context(|| format!("cannot describe {}", target.name))?;
+    }
+    Ok(())
+}
+
+/// Toolchains and apt architectures every cross task needs, plus `extra`.
+fn prepare(extra: &[&str]) -> Result<()> {
+    let mut pkgs = vec![
+        "gcc-aarch64-linux-gnu",
+        "gcc-arm-linux-gnueabihf",
+        "make",
+        "file",
+        "bc",
+    ];
+    pkgs.extend_from_slice(extra);
+    host::apt_install(&pkgs)?;
+    host::ensure_foreign_archs(&["arm64", "armhf"])?;
+    host::ensure_rust_targets(&TARGETS.map(|t| t.triple))
+}
+
+/// The host's `linux-kbuild-<ver>` backs the unpacked headers' scripts.
+fn ensure_kbuild(versions: &[String]) -> Result<()> {
+    let mut pkgs: Vec<String> = versions
+        .iter()
+        .map(|v| format!("linux-kbuild-{v}"))
+        .collect();
+    pkgs.sort();
+    pkgs.dedup();
+    let refs: Vec<&str> = pkgs.iter().map(String::as_str).collect();
+    host::apt_install(&refs)
 }

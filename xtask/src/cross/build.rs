@@ -1,0 +1,200 @@
+//! Static ARM builds of the service and vmkit, and the module against
+//! Debian's ARM kernel headers; results land in `target/cross/<name>/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::debian::{self, Flavour};
+use super::host;
+
+/// One userspace target.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Directory name under `target/cross/`.
+    pub name: &'static str,
+    pub triple: &'static str,
+    pub linker: &'static str,
+    /// Module builds for this target: (flavour, file name of the `.ko`).
+    pub modules: &'static [(Flavour, &'static str)],
+}
+
+pub const AARCH64: Target = Target {
+    name: "aarch64",
+    triple: "aarch64-unknown-linux-gnu",
+    linker: "aarch64-linux-gnu-gcc",
+    modules: &[(debian::ARM64, "usrbd.ko")],
+};
+
+/// 32-bit kernels on ARMv7 boards: `armmp`, plus `armmp-lpae` (Cortex-A7/A15
+/// with more than 4 GiB of address space) as a build check.
+pub const ARMV7: Target = Target {
+    name: "armv7",
+    triple: "armv7-unknown-linux-gnueabihf",
+    linker: "arm-linux-gnueabihf-gcc",
+    modules: &[
+        (debian::ARMMP, "usrbd.ko"),
+        (debian::ARMMP_LPAE, "usrbd-lpae.ko"),
+    ],
+};
+
+pub const TARGETS: [Target; 2] = [AARCH64, ARMV7];
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn cross_dir() -> PathBuf {
+    workspace_root().join("target/cross")
+}
+
+/// `CARGO_TARGET_<TRIPLE>_LINKER`.
+fn linker_env(triple: &str) -> String {
+    format!(
+        "CARGO_TARGET_{}_LINKER",
+        triple.to_uppercase().replace('-', "_")
+    )
+}
+
+/// Builds `usrbd` and `vmkit` for `target` as static release binaries: once
+/// with the `rpi` feature (copied as `usrbd-rpi`, proving rppal builds) and
+/// once without (the `usrbd` every other board and the VM run).
+pub fn userspace(target: Target) -> Result<()> {
+    let root = workspace_root();
+    let out = cross_dir().join(target.name);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    // RUSTFLAGS apply to target crates only when --target is given, so build
+    // scripts and proc-macros stay dynamic host binaries.
+    let rustflags = match std::env::var("RUSTFLAGS") {
+        Ok(v) if !v.trim().is_empty() => format!("{v} -C target-feature=+crt-static"),
+        _ => "-C target-feature=+crt-static".to_owned(),
+    };
+    let built = root.join("target").join(target.triple).join("release");
+    for (features, usrbd_name) in [(Some("usrbd/rpi"), "usrbd-rpi"), (None, "usrbd")] {
+        eprintln!(
+            "cross: cargo build --release --target {}{}",
+            target.triple,
+            features
+                .map(|f| format!(" --features {f}"))
+                .unwrap_or_default()
+        );
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                target.triple,
+                "-p",
+                "usrbd",
+                "-p",
+                "vmkit",
+            ])
+            .env(linker_env(target.triple), target.linker)
+            .env("RUSTFLAGS", &rustflags);
+        if let Some(f) = features {
+            cmd.args(["--features", f]);
+        }
+        host::run(&mut cmd)?;
+        copy(&built.join("usrbd"), &out.join(usrbd_name))?;
+    }
+    copy(&built.join("vmkit"), &out.join("vmkit"))?;
+    Ok(())
+}
+
+/// Builds `kmod/` for each kernel flavour of `target` in a private copy of
+/// the sources (the x86 harness builds in `kmod/` itself at the same time).
+pub fn modules(target: Target, versions: &[(Flavour, String)]) -> Result<()> {
+    let root = workspace_root();
+    let kmod = root.join("kmod");
+    if !kmod.join("Makefile").exists() {
+        bail!(
+            "{} has no Makefile yet: the module cannot be built",
+            kmod.display()
+        );
+    }
+    let out = cross_dir().join(target.name);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for (flavour, ko_name) in target.modules {
+        let ver = versions
+            .iter()
+            .find(|(f, _)| f.name == flavour.name)
+            .map(|(_, v)| v.as_str())
+            .with_context(|| format!("no kernel version chosen for {}", flavour.name))?;
+        let kdir = debian::headers(&cross_dir(), ver, *flavour)?;
+        let build = cross_dir().join(format!("kmod-{}", flavour.name));
+        if build.exists() {
+            std::fs::remove_dir_all(&build)
+                .with_context(|| format!("cannot clean {}", build.display()))?;
+        }
+        copy_sources(&kmod, &build)?;
+        eprintln!(
+            "cross: make -C kmod KDIR={} ARCH={} CROSS_COMPILE={}",
+            kdir.display(),
+            flavour.kernel_arch,
+            flavour.cross_compile
+        );
+        host::run(
+            Command::new("make")
+                .arg("-C")
+                .arg(&build)
+                .arg(format!("KDIR={}", kdir.display()))
+                .arg(format!("ARCH={}", flavour.kernel_arch))
+                .arg(format!("CROSS_COMPILE={}", flavour.cross_compile))
+                .arg("-j2"),
+        )?;
+        copy(&build.join("usrbd.ko"), &out.join(ko_name))?;
+    }
+    Ok(())
+}
+
+/// Copies the module sources (not build products) from `from` to `to`.
+fn copy_sources(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            copy_sources(&path, &to.join(&*name))?;
+        } else if is_source(&name) {
+            copy(&path, &to.join(&*name))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_source(name: &str) -> bool {
+    const PRODUCTS: [&str; 8] = [
+        ".o", ".ko", ".mod", ".mod.c", ".cmd", ".order", ".symvers", ".a",
+    ];
+    !PRODUCTS.iter().any(|s| name.ends_with(s)) && name != "modules.order"
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+}
+
+/// Prints `file` of each artifact in `target/cross/<name>/`.
+pub fn describe(target: Target) -> Result<()> {
+    let dir = cross_dir().join(target.name);
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    let out = host::output(Command::new("file").args(&names))?;
+    print!("{out}");
+    Ok(())
+}
