@@ -39,9 +39,13 @@ impl GpioButton {
                 .with_consumer(CONSUMER)
                 .with_line(g.line)
                 .as_input();
+            // Keep an open button from floating: an active-low button shorts the line
+            // to ground, so pull it up; an active-high one, down. Chips without bias
+            // control (QEMU's PL061) ignore this.
             if g.active_low {
-                // An active-low button shorts the line to ground: pull it up.
                 b.as_active_low().with_bias(Bias::PullUp);
+            } else {
+                b.with_bias(Bias::PullDown);
             }
             if edges {
                 b.with_edge_detection(EdgeDetection::BothEdges)

@@ -28,11 +28,12 @@ pub struct RppalButton {
 impl RppalButton {
     pub fn open(spec: &ButtonSpec, bcm: u8, active_low: bool) -> Result<RppalButton, PanelError> {
         let p = pin(spec, bcm)?;
-        // An active-low button shorts the pin to ground: pull it up.
+        // Keep an open button from floating: an active-low button shorts the pin to
+        // ground, so pull it up; an active-high one, down.
         let pin = if active_low {
             p.into_input_pullup()
         } else {
-            p.into_input()
+            p.into_input_pulldown()
         };
         Ok(RppalButton { pin, active_low })
     }
