@@ -7,6 +7,7 @@
 //! and the flags; [`cli`] is the command line.
 
 pub mod backend;
+pub mod config;
 pub mod detach;
 pub mod device;
 pub mod error;
