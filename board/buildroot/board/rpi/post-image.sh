@@ -25,8 +25,10 @@ fi
 # genimage lists the boot partition files itself: the kernel named in
 # config.txt, the DTBs and everything rpi-firmware installed.
 KERNEL="$(sed -n 's/^kernel=//p' "${CONFIG}")"
-FILES="$(cd "${BINARIES_DIR}" && ls -d ./*.dtb rpi-firmware/* "${KERNEL}" |
-	sed 's|^\./||; s|.*|\t\t\t"&",|')"
+FILES="$(cd "${BINARIES_DIR}" &&
+	for f in ./*.dtb rpi-firmware/* "${KERNEL}"; do
+		if [ -e "${f}" ]; then printf '\t\t\t"%s",\n' "${f#./}"; fi
+	done)"
 GENIMAGE_CFG="${BUILD_DIR}/usrbd-genimage.cfg"
 awk -v files="${FILES}" '{ if ($0 ~ /#BOOT_FILES#/) print files; else print }' \
 	"${BOARD_DIR}/genimage.cfg.in" > "${GENIMAGE_CFG}"
