@@ -49,8 +49,16 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR` when set).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
 pub fn cross_dir() -> PathBuf {
-    workspace_root().join("target/cross")
+    target_dir().join("cross")
 }
 
 /// `CARGO_TARGET_<TRIPLE>_LINKER`.
@@ -74,7 +82,7 @@ pub fn userspace(target: Target) -> Result<()> {
         Ok(v) if !v.trim().is_empty() => format!("{v} -C target-feature=+crt-static"),
         _ => "-C target-feature=+crt-static".to_owned(),
     };
-    let built = root.join("target").join(target.triple).join("release");
+    let built = target_dir().join(target.triple).join("release");
     for (features, usrbd_name) in [(Some("usrbd/rpi"), "usrbd-rpi"), (None, "usrbd")] {
         eprintln!(
             "cross: cargo build --release --target {}{}",
@@ -107,50 +115,47 @@ pub fn userspace(target: Target) -> Result<()> {
     Ok(())
 }
 
-/// Builds `kmod/` for each kernel flavour of `target` in a private copy of
-/// the sources (the x86 harness builds in `kmod/` itself at the same time).
-pub fn modules(target: Target, versions: &[(Flavour, String)]) -> Result<()> {
-    let root = workspace_root();
-    let kmod = root.join("kmod");
+/// Builds `kmod/` against Debian's `ver` headers of `flavour` in a private
+/// copy of the sources (the x86 harness builds in `kmod/` itself at the same
+/// time), and copies the result to `target/cross/<target>/<ko_name>`.
+pub fn module(target: Target, flavour: Flavour, ko_name: &str, ver: &str) -> Result<()> {
+    let kmod = workspace_root().join("kmod");
     if !kmod.join("Makefile").exists() {
         bail!(
-            "{} has no Makefile yet: the module cannot be built",
+            "{} has no Makefile: the module cannot be built",
             kmod.display()
         );
     }
     let out = cross_dir().join(target.name);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    for (flavour, ko_name) in target.modules {
-        let ver = versions
-            .iter()
-            .find(|(f, _)| f.name == flavour.name)
-            .map(|(_, v)| v.as_str())
-            .with_context(|| format!("no kernel version chosen for {}", flavour.name))?;
-        let kdir = debian::headers(&cross_dir(), ver, *flavour)?;
-        let build = cross_dir().join(format!("kmod-{}", flavour.name));
-        if build.exists() {
-            std::fs::remove_dir_all(&build)
-                .with_context(|| format!("cannot clean {}", build.display()))?;
-        }
-        copy_sources(&kmod, &build)?;
-        eprintln!(
-            "cross: make -C kmod KDIR={} ARCH={} CROSS_COMPILE={}",
-            kdir.display(),
-            flavour.kernel_arch,
-            flavour.cross_compile
-        );
-        host::run(
-            Command::new("make")
-                .arg("-C")
-                .arg(&build)
-                .arg(format!("KDIR={}", kdir.display()))
-                .arg(format!("ARCH={}", flavour.kernel_arch))
-                .arg(format!("CROSS_COMPILE={}", flavour.cross_compile))
-                .arg("-j2"),
-        )?;
-        copy(&build.join("usrbd.ko"), &out.join(ko_name))?;
+    let ko = out.join(ko_name);
+    // A failed build must not leave an older module looking current.
+    if ko.exists() {
+        std::fs::remove_file(&ko).with_context(|| format!("cannot remove {}", ko.display()))?;
     }
-    Ok(())
+    let kdir = debian::headers(&cross_dir(), ver, flavour)?;
+    let build = cross_dir().join(format!("kmod-{}", flavour.name));
+    if build.exists() {
+        std::fs::remove_dir_all(&build)
+            .with_context(|| format!("cannot clean {}", build.display()))?;
+    }
+    copy_sources(&kmod, &build)?;
+    eprintln!(
+        "cross: make -C kmod KDIR={} ARCH={} CROSS_COMPILE={}",
+        kdir.display(),
+        flavour.kernel_arch,
+        flavour.cross_compile
+    );
+    host::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(&build)
+            .arg(format!("KDIR={}", kdir.display()))
+            .arg(format!("ARCH={}", flavour.kernel_arch))
+            .arg(format!("CROSS_COMPILE={}", flavour.cross_compile))
+            .arg("-j2"),
+    )?;
+    copy(&build.join("usrbd.ko"), &ko)
 }
 
 /// Copies the module sources (not build products) from `from` to `to`.

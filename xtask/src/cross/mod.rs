@@ -54,7 +54,7 @@ pub fn arm64_tier() -> Result<(usize, usize)> {
     ensure_kbuild(std::slice::from_ref(&ver))?;
     build::userspace(AARCH64)?;
     build::userspace(ARMV7)?;
-    build::modules(AARCH64, &[(debian::ARM64, ver.clone())])?;
+    build::module(AARCH64, debian::ARM64, "usrbd.ko", &ver)?;
 
     let cache = build::cross_dir();
     let root = build::workspace_root();
@@ -94,13 +94,33 @@ fn build_all() -> Result<()> {
             flavour.name, flavour.name
         );
     }
+    // Every build runs even when one fails, so one report shows them all.
+    let mut failures: Vec<String> = Vec::new();
     for target in TARGETS {
-        build::userspace(target)?;
-        build::modules(target, &versions)?;
+        if let Err(e) = build::userspace(target) {
+            failures.push(format!("{} userspace: {e:#}", target.name));
+        }
+        for (flavour, ko_name) in target.modules {
+            let ver = versions
+                .iter()
+                .find(|(f, _)| f.name == flavour.name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default();
+            if let Err(e) = build::module(target, *flavour, ko_name, ver) {
+                failures.push(format!("{} {} module: {e:#}", target.name, flavour.name));
+            }
+        }
     }
     for target in TARGETS {
         println!("target/cross/{}:", target.name);
         build::describe(target).with_context(|| format!("cannot describe {}", target.name))?;
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} cross build(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
     Ok(())
 }
