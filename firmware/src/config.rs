@@ -66,7 +66,9 @@ impl<'de> Deserialize<'de> for Size {
             S(String),
         }
         match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a size: bytes as an integer or a string like \"64MiB\"")
+            serde::de::Error::custom(
+                "expected a size: bytes as an integer or a string like \"64MiB\"",
+            )
         })? {
             Raw::N(n) => Ok(Size(n)),
             Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
@@ -253,7 +255,11 @@ pub struct ServiceConfig {
     pub socket: PathBuf,
 }
 
-fn invalid(key: &'static str, value: impl fmt::Display, accepted: impl Into<String>) -> ConfigError {
+fn invalid(
+    key: &'static str,
+    value: impl fmt::Display,
+    accepted: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         key,
         value: value.to_string(),
@@ -458,7 +464,10 @@ mod tests {
         assert_eq!(c.size, None);
         assert_eq!((c.queues, c.queue_depth, c.max_io), (1, 64, 256 * 1024));
         assert_eq!((c.logical_block_size, c.timeout_ms), (512, 30_000));
-        assert_eq!(c.flags, USRBD_F_FLUSH | USRBD_F_FUA | USRBD_F_DISCARD | USRBD_F_WRITE_ZEROES);
+        assert_eq!(
+            c.flags,
+            USRBD_F_FLUSH | USRBD_F_FUA | USRBD_F_DISCARD | USRBD_F_WRITE_ZEROES
+        );
         assert_eq!(c.backend, BackendConfig::Ram { image: None });
         assert_eq!(c.socket, PathBuf::from("/run/usrbd/usrbd0.sock"));
         assert_eq!(c.poweroff_cmd, "poweroff");
@@ -496,11 +505,20 @@ mod tests {
 
     #[test]
     fn bad_enum_values_name_the_accepted_values() {
-        let e = parse("[backend]\nkind = \"disk\"\n").unwrap_err().to_string();
-        assert!(e.contains("disk") && e.contains("ram") && e.contains("file"), "{e}");
-        let e = parse("[device]\nfeatures = [\"trim\"]\n").unwrap_err().to_string();
+        let e = parse("[backend]\nkind = \"disk\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("disk") && e.contains("ram") && e.contains("file"),
+            "{e}"
+        );
+        let e = parse("[device]\nfeatures = [\"trim\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trim") && e.contains("write_zeroes"), "{e}");
-        let e = parse("[panel]\nbutton = \"usb:3\"\n").unwrap_err().to_string();
+        let e = parse("[panel]\nbutton = \"usb:3\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("usb:3") && e.contains("gpio"), "{e}");
     }
 
@@ -509,7 +527,10 @@ mod tests {
         let e = resolve("[device]\nlogical_block_size = 100\n", Overrides::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("device.logical_block_size") && e.contains("4096"), "{e}");
+        assert!(
+            e.contains("device.logical_block_size") && e.contains("4096"),
+            "{e}"
+        );
         let e = resolve("[device]\nsize = \"1000\"\n", Overrides::default())
             .unwrap_err()
             .to_string();

@@ -220,7 +220,11 @@ mod tests {
         );
         f.log.clear();
         assert_eq!(detach(&mut f, &mut p).unwrap(), Outcome::AlreadySafe);
-        assert!(f.log.is_empty(), "a second detach must do nothing: {:?}", f.log);
+        assert!(
+            f.log.is_empty(),
+            "a second detach must do nothing: {:?}",
+            f.log
+        );
     }
 
     #[test]

@@ -137,9 +137,8 @@ impl Control {
             reserved: [0; 5],
         };
         // SAFETY: c is a valid usrbd_create, read and written by the kernel.
-        unsafe { usrbd_ioc_create(self.fd(), &mut c) }.map_err(|e| {
-            ioctl_err(&format!("USRBD_IOC_CREATE `{}`", p.name), None, e)
-        })?;
+        unsafe { usrbd_ioc_create(self.fd(), &mut c) }
+            .map_err(|e| ioctl_err(&format!("USRBD_IOC_CREATE `{}`", p.name), None, e))?;
         Ok(DeviceInfo {
             index: c.index,
             name: name_from_c(&c.name),
@@ -353,6 +352,8 @@ impl ServerFd {
         }
         // SAFETY: in bounds of the mapping (checked above); the kernel only touches
         // it inside serve(), which needs &mut self, so this borrow is exclusive.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.buf.ptr.as_ptr().add(start), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.buf.ptr.as_ptr().add(start), len as usize)
+        })
     }
 }

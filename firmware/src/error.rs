@@ -80,7 +80,10 @@ pub enum ConfigError {
         accepted: String,
     },
     #[error("{key} is required {why}")]
-    Missing { key: &'static str, why: &'static str },
+    Missing {
+        key: &'static str,
+        why: &'static str,
+    },
 }
 
 /// A step of the detach sequence that failed; the device keeps serving unless the
@@ -123,4 +126,23 @@ pub enum IpcError {
     Ambiguous { list: Vec<String> },
     #[error("talking to the server: {0}")]
     Protocol(String),
+}
+
+/// Starting or running `usrbd serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+    #[error("setting up signal handling: {0}")]
+    Signals(#[source] Errno),
+    #[error("starting the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }

@@ -11,7 +11,9 @@ pub mod config;
 pub mod detach;
 pub mod device;
 pub mod error;
+pub mod ipc;
 pub mod server;
+pub mod service;
 pub mod uapi;
 
 pub mod panel;

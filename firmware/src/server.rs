@@ -98,7 +98,9 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn error(&self, msg: impl FnOnce() -> String) {
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         let now = Instant::now();
         match st.0 {
             Some(t) if now.duration_since(t) < Duration::from_secs(1) => st.1 += 1,
@@ -188,6 +190,14 @@ pub fn execute(
 /// Called once per served batch (drives the activity LED).
 pub type ActivityHook = Arc<dyn Fn() + Send + Sync>;
 
+/// The queues of a device, as created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub queues: u32,
+    pub depth: u32,
+    pub max_io: u32,
+}
+
 /// The running workers of one device.
 pub struct Workers {
     threads: Vec<JoinHandle<Result<(), String>>>,
@@ -199,16 +209,14 @@ impl Workers {
     pub fn start(
         ctrl: &Control,
         dev: &DeviceInfo,
-        queues: u32,
-        depth: u32,
-        max_io: u32,
+        geo: &Geometry,
         backend: Arc<dyn Backend>,
         stats: Arc<Stats>,
         activity: ActivityHook,
     ) -> Result<Workers, DeviceError> {
-        let mut fds = Vec::with_capacity(queues as usize);
-        for q in 0..queues {
-            fds.push(ctrl.attach(dev.index, q, depth, max_io)?);
+        let mut fds = Vec::with_capacity(geo.queues as usize);
+        for q in 0..geo.queues {
+            fds.push(ctrl.attach(dev.index, q, geo.depth, geo.max_io)?);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let limit = Arc::new(RateLimit::default());
@@ -216,7 +224,7 @@ impl Workers {
         for fd in fds {
             let w = Worker {
                 fd,
-                depth,
+                depth: geo.depth,
                 backend: Arc::clone(&backend),
                 stats: Arc::clone(&stats),
                 activity: Arc::clone(&activity),

@@ -35,10 +35,7 @@ pub struct FileBackend {
     zeros_offset: usize,
 }
 
-fn io_err<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> BackendError + 'a {
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
     move |source| BackendError::Io {
         what,
         path: path.to_owned(),
@@ -47,7 +44,8 @@ fn io_err<'a>(
 }
 
 fn errno_of(r: nix::Result<i32>) -> io::Result<()> {
-    r.map(|_| ()).map_err(|e| io::Error::from_raw_os_error(e as i32))
+    r.map(|_| ())
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -75,7 +73,9 @@ impl FileBackend {
             });
         }
         let mut opts = OpenOptions::new();
-        opts.read(true).write(!read_only).create(!exists && !read_only);
+        opts.read(true)
+            .write(!read_only)
+            .create(!exists && !read_only);
         if direct {
             opts.custom_flags(libc::O_DIRECT);
         }

@@ -55,10 +55,7 @@ pub struct RamBackend {
     image: Option<PathBuf>,
 }
 
-fn io_err<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> BackendError + 'a {
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
     move |source| BackendError::Io {
         what,
         path: path.to_owned(),
@@ -241,7 +238,9 @@ impl RamBackend {
                     if !is_zero(pg) {
                         let at = off + (i * self.page) as u64;
                         // SAFETY: at + pg.len() <= len <= size, checked in open().
-                        unsafe { std::ptr::copy_nonoverlapping(pg.as_ptr(), self.at(at), pg.len()) };
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(pg.as_ptr(), self.at(at), pg.len())
+                        };
                     }
                 }
                 off += n as u64;
@@ -421,7 +420,9 @@ impl Backend for RamBackend {
         let mut kib = 0u64;
         for l in lines {
             // The next mapping's header line has no "Key:" form.
-            let Some((key, rest)) = l.split_once(':') else { break };
+            let Some((key, rest)) = l.split_once(':') else {
+                break;
+            };
             if key.contains(' ') || key.contains('-') {
                 break;
             }
