@@ -1,9 +1,14 @@
 //! `cargo xtask <task>`: the one entry point for building the module, the
 //! service, images, and for running the VM tests, the demo and benchmarks.
 
+mod cmd;
 mod cross;
 mod image;
+mod module;
+mod scenarios;
+mod setup;
 mod test;
+mod vm;
 
 use anyhow::{bail, Result};
 

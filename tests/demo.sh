@@ -1,0 +1,70 @@
+#!/bin/sh
+# The appliance demo, run inside the VM by `cargo xtask demo`:
+#   sh tests/demo.sh PLAN
+# A RAM-backed device with a uinput front panel: format, write, press the
+# button, watch the LEDs (read back from the uinput device), the clean
+# detach, then the saved RAM image checked against the files' checksums.
+set -eu
+. "$1"
+PATH="$(dirname "$USRBD"):$PATH"
+export PATH
+export USRBD_TMP=/tmp/usrbd-demo
+. "$USRBD_TESTS/lib.sh"
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "kernel $(uname -r), loading usrbd.ko"
+load_module
+say "front panel: uinput button (KEY_POWER) and LEDs numlock=status capslock=error scrolllock=activity"
+start_panel
+# Each LED change as the kernel delivers it to the uinput device; the
+# activity LED's per-I/O flicker is summed up rather than listed.
+tail -n +1 -f "$PANEL_EVENTS" | awk '
+	$2 == "activity" { if ($3 == 1) act++; next }
+	{
+		if (act) { printf "   [led] activity LED flashed %d times\n", act; act = 0 }
+		printf "   [led] %7.2f s  %-6s %s\n", $1 / 1000, $2, ($3 == 1 ? "on" : "off")
+		fflush()
+	}' &
+track $!
+
+image=$USRBD_RWDIR/demo-ram.img
+rm -f "$image"
+say "usrbd serve: 64 MiB in RAM, image saved at detach to $image (a host directory)"
+# shellcheck disable=SC2086
+start_server usrbd0 --size 64MiB --backend ram --image "$image" $PANEL_ARGS
+srv=$SERVER_PID
+sleep 1
+"$USRBD" status --socket "$(sock usrbd0)"
+
+say "formatting /dev/usrbd0 (ext4) and mounting it"
+mkfs.ext4 -F -q -L usrbd-demo /dev/usrbd0
+mount_dev /dev/usrbd0 "$USRBD_TMP/mnt"
+df -h "$USRBD_TMP/mnt" | tail -n 1
+
+say "writing files"
+make_files "$USRBD_TMP/mnt"
+tree_sums "$USRBD_TMP/mnt" >"$USRBD_TMP/expected.sums"
+(cd "$USRBD_TMP/mnt" && find . -type f | LC_ALL=C sort | xargs ls -l | awk '{ printf "   %9d  %s\n", $5, $9 }')
+sleep 1
+
+say "pressing the button for 200 ms: sync and detach"
+press_button 200
+wait_state usrbd0 safe 90
+sleep 1.5
+say "after the detach"
+"$USRBD" status --socket "$(sock usrbd0)"
+is_mounted /dev/usrbd0 && fail "/dev/usrbd0 is still mounted"
+echo "   mounted: no"
+[ -e /dev/usrbd0 ] && fail "/dev/usrbd0 still exists"
+echo "   /dev/usrbd0: gone"
+echo "   usrbd list: $("$USRBD" list | wc -l) device(s)"
+
+say "LED phases seen on the uinput device"
+"$VMKIT" leds-check --events "$PANEL_EVENTS" --expect serving,detaching,safe
+
+say "checking the saved RAM image ($(stat -c %s "$image") bytes) read-only"
+image_holds_files "$image" "$USRBD_TMP/expected.sums"
+stop_server $srv
+echo
+echo "demo: OK"

@@ -1,0 +1,301 @@
+# Shared helpers for the VM scenarios (tests/scenarios/*.sh), the demo and
+# the interactive VM shell. Source it: . "$USRBD_TESTS/lib.sh"
+#
+# Environment (set by tests/runner.sh from the xtask's plan):
+#   USRBD        the usrbd service binary
+#   VMKIT        the in-guest helper (uinput panel, ackwrite/ackcheck, fuzz)
+#   USRBD_KO     usrbd.ko built for the running kernel
+#   USRBD_TESTS  this directory
+#   USRBD_RWDIR  host directory, writable, survives a reboot of the VM
+#   USRBD_TMP    scratch directory of this scenario (guest tmpfs)
+#
+# Failures go through `fail`, which prints `FAIL: why` (the runner quotes the
+# last such line) and exits non-zero.
+
+USRBD_TMP=${USRBD_TMP:-/tmp/usrbd-scratch}
+mkdir -p "$USRBD_TMP"
+LIB_PIDS=""
+LIB_MOUNTS=""
+
+log() { printf '# %s\n' "$*"; }
+
+fail() {
+	printf 'FAIL: %s\n' "$*"
+	exit 1
+}
+
+# check DESCRIPTION COMMAND...: runs COMMAND, fails with DESCRIPTION if it fails.
+check() {
+	desc=$1
+	shift
+	if "$@"; then
+		log "ok: $desc"
+	else
+		fail "$desc"
+	fi
+}
+
+# Background processes and mounts this scenario made go away on exit, even
+# when it fails half-way (the runner cleans up what is left beyond that).
+lib_cleanup() {
+	for p in $LIB_PIDS; do
+		kill -KILL "$p" 2>/dev/null || true
+	done
+	for m in $LIB_MOUNTS; do
+		umount "$m" 2>/dev/null || true
+	done
+}
+trap lib_cleanup EXIT
+
+track() { LIB_PIDS="$LIB_PIDS $1"; }
+
+# running PID: the process exists and is not a zombie waiting to be reaped.
+running() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+not_running() { ! running "$1"; }
+
+# wait_until SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2 s.
+wait_until() {
+	limit=$1
+	desc=$2
+	shift 2
+	deadline=$(($(date +%s) + limit))
+	until "$@" 2>/dev/null; do
+		if [ "$(date +%s)" -ge "$deadline" ]; then
+			fail "timed out after ${limit}s waiting for: $desc"
+		fi
+		sleep 0.2
+	done
+}
+
+load_module() {
+	if ! grep -q '^usrbd ' /proc/modules; then
+		check "insmod $USRBD_KO" insmod "$USRBD_KO"
+	fi
+	wait_until 10 "/dev/usrbd-control" test -c /dev/usrbd-control
+}
+
+# mount_dev DEV DIR [mount options...]
+mount_dev() {
+	dev=$1
+	dir=$2
+	shift 2
+	mkdir -p "$dir"
+	check "mount $dev on $dir" mount "$@" "$dev" "$dir"
+	LIB_MOUNTS="$dir $LIB_MOUNTS"
+}
+
+is_mounted() { grep -q "^$1 " /proc/mounts; }
+
+# --- the uinput front panel (vmkit panel) -------------------------------
+# Sets PANEL_EVENTS, PANEL_FIFO, LED_STATUS, LED_ERROR, LED_ACTIVITY and
+# PANEL_ARGS (the serve flags for this panel's button and LEDs).
+start_panel() {
+	modprobe uinput 2>/dev/null || true
+	PANEL_EVENTS=$USRBD_TMP/leds.events
+	PANEL_FIFO=$USRBD_TMP/panel.fifo
+	"$VMKIT" panel --name usrbd-test-panel --events "$PANEL_EVENTS" \
+		--control "$PANEL_FIFO" >"$USRBD_TMP/panel.out" 2>"$USRBD_TMP/panel.err" &
+	PANEL_PID=$!
+	track $PANEL_PID
+	deadline=$(($(date +%s) + 30))
+	until grep -q '^leds ' "$USRBD_TMP/panel.out" 2>/dev/null; do
+		if ! running $PANEL_PID || [ "$(date +%s)" -ge "$deadline" ]; then
+			cat "$USRBD_TMP/panel.err"
+			fail "vmkit panel did not come up"
+		fi
+		sleep 0.2
+	done
+	line=$(grep '^leds ' "$USRBD_TMP/panel.out" | head -n 1)
+	LED_STATUS=$(echo "$line" | tr ' ' '\n' | sed -n 's/^status=//p')
+	LED_ERROR=$(echo "$line" | tr ' ' '\n' | sed -n 's/^error=//p')
+	LED_ACTIVITY=$(echo "$line" | tr ' ' '\n' | sed -n 's/^activity=//p')
+	[ -d "$LED_STATUS" ] && [ -d "$LED_ERROR" ] && [ -d "$LED_ACTIVITY" ] ||
+		fail "panel LEDs missing: $line"
+	PANEL_ARGS="--button input:name=usrbd-test-panel:KEY_POWER --led-status sysfs:$LED_STATUS --led-error sysfs:$LED_ERROR --led-activity sysfs:$LED_ACTIVITY"
+	log "panel: $line"
+}
+
+# press_button MS: key down, MS milliseconds, key up.
+press_button() {
+	log "pressing the button for $1 ms"
+	echo "press $1" >"$PANEL_FIFO"
+}
+
+# last_led NAME: the last recorded level (0/1) of LED NAME, empty if none.
+last_led() { awk -v n="$1" '$2 == n { v = $3 } END { print v }' "$PANEL_EVENTS"; }
+
+# --- the service ----------------------------------------------------------
+sock() { echo "/run/usrbd/$1.sock"; }
+
+# start_server NAME SERVE-ARGS...: starts `usrbd serve --name NAME ...` in
+# the background and waits for "usrbd: serving /dev/NAME". Sets SERVER_PID.
+start_server() {
+	name=$1
+	shift
+	slog=$USRBD_TMP/server-$name.log
+	log "usrbd serve --name $name $*"
+	"$USRBD" serve --name "$name" "$@" >"$slog" 2>&1 &
+	SERVER_PID=$!
+	track $SERVER_PID
+	deadline=$(($(date +%s) + 60))
+	until grep -q "usrbd: serving /dev/$name" "$slog"; do
+		if ! running $SERVER_PID; then
+			cat "$slog"
+			fail "usrbd serve --name $name exited before serving"
+		fi
+		if [ "$(date +%s)" -ge "$deadline" ]; then
+			cat "$slog"
+			fail "usrbd serve --name $name not serving after 60s"
+		fi
+		sleep 0.2
+	done
+	wait_until 10 "/dev/$name" test -b "/dev/$name"
+}
+
+# stop_server PID: SIGTERM (detach, then exit) and require exit status 0.
+stop_server() {
+	kill -TERM "$1"
+	deadline=$(($(date +%s) + 60))
+	while running "$1"; do
+		[ "$(date +%s)" -lt "$deadline" ] || fail "server $1 still running 60s after SIGTERM"
+		sleep 0.2
+	done
+	rc=0
+	wait "$1" || rc=$?
+	[ "$rc" -eq 0 ] || fail "server $1 exited with status $rc after SIGTERM"
+	log "ok: server $1 exited 0 after SIGTERM"
+}
+
+status_json() { "$USRBD" status --socket "$(sock "$1")" --json; }
+
+# jfield NAME JQ-EXPR: one field of `usrbd status --json`.
+jfield() { status_json "$1" | jq -r "$2"; }
+
+state_is() { [ "$(jfield "$1" .state)" = "$2" ]; }
+
+wait_state() { wait_until "${3:-60}" "$1 in state $2" state_is "$1" "$2"; }
+
+listed() { "$USRBD" list | grep -q "^$1 "; }
+
+# Device NAME is gone: no node, no sysfs entry, not in `usrbd list`.
+check_gone() {
+	wait_until 20 "/dev/$1 gone" test ! -e "/dev/$1"
+	check "/sys/block/$1 gone" test ! -e "/sys/block/$1"
+	if listed "$1"; then
+		"$USRBD" list
+		fail "usrbd list still shows $1"
+	fi
+	log "ok: $1 destroyed"
+}
+
+# --- data -------------------------------------------------------------------
+# make_files DIR: a few files of assorted sizes, random contents.
+make_files() {
+	mkdir -p "$1/sub"
+	for i in 1 2 3 4 5 6 7; do
+		dd if=/dev/urandom of="$1/file$i" bs=4096 count=$((i * i * 11)) status=none
+	done
+	dd if=/dev/urandom of="$1/sub/odd-size" bs=1 count=12345 status=none
+	dd if=/dev/urandom of="$1/sub/big" bs=1M count=6 status=none
+}
+
+# tree_sums DIR: sha256 of every file under DIR, by relative path.
+tree_sums() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs -r sha256sum); }
+
+# same_files SUMS DIR: DIR holds exactly the files listed in SUMS.
+same_files() {
+	tree_sums "$2" >"$USRBD_TMP/actual.sums"
+	if ! diff -u "$1" "$USRBD_TMP/actual.sums"; then
+		fail "files under $2 differ from what was written"
+	fi
+	log "ok: $(wc -l <"$1") files under $2 match their checksums"
+}
+
+# image_holds_files IMAGE SUMS: an ext4 image (backing file or saved RAM
+# image) is clean and holds exactly the files of SUMS; mounted read-only.
+image_holds_files() {
+	check "e2fsck -fn $1 clean" e2fsck -fn "$1"
+	mount_dev "$1" "$USRBD_TMP/image" -o ro,loop
+	same_files "$2" "$USRBD_TMP/image"
+	umount "$USRBD_TMP/image"
+}
+
+# write_read_check DEV: 4 MiB of random data through DEV (direct I/O), read
+# back identical.
+write_read_check() {
+	dd if=/dev/urandom of="$USRBD_TMP/pattern" bs=1M count=4 status=none
+	check "write 4 MiB to $1" dd if="$USRBD_TMP/pattern" of="$1" bs=1M oflag=direct conv=fsync status=none
+	dd if="$1" of="$USRBD_TMP/readback" bs=1M count=4 iflag=direct status=none
+	check "4 MiB read back from $1 identical" cmp "$USRBD_TMP/pattern" "$USRBD_TMP/readback"
+}
+
+# No task in uninterruptible sleep (D) for 15 s in a row.
+check_no_d_state() {
+	deadline=$(($(date +%s) + 15))
+	while :; do
+		stuck=""
+		for stat in /proc/[0-9]*/stat; do
+			st=$(sed 's/.*) //' "$stat" 2>/dev/null | cut -d' ' -f1) || continue
+			[ "$st" = D ] && stuck="$stuck ${stat#/proc/}"
+		done
+		[ -z "$stuck" ] && break
+		if [ "$(date +%s)" -ge "$deadline" ]; then
+			for s in $stuck; do
+				pid=${s%/stat}
+				echo "D: $pid $(cat /proc/$pid/comm 2>/dev/null) wchan=$(cat /proc/$pid/wchan 2>/dev/null)"
+				cat "/proc/$pid/stack" 2>/dev/null
+			done
+			fail "tasks stuck in D state:$stuck"
+		fi
+		sleep 1
+	done
+	log "ok: no task in D state"
+}
+
+# --- the detach round trip shared by several scenarios ---------------------
+# detach_round_trip cli|button ram|file: serve, mkfs.ext4, mount, write
+# files; detach through `usrbd detach` or a short button press; then the
+# filesystem is unmounted, the device destroyed, and the backing file or
+# saved RAM image holds the same files. With the button, the LED sequence
+# serving -> detaching -> safe is read back from the uinput LED events.
+detach_round_trip() {
+	how=$1
+	backend=$2
+	load_module
+	image=$USRBD_TMP/backing.img
+	panel=""
+	if [ "$how" = button ]; then
+		start_panel
+		panel=$PANEL_ARGS
+	fi
+	case "$backend" in
+	ram) store="--backend ram --image $image" ;;
+	file) store="--backend file --file $image" ;;
+	esac
+	# shellcheck disable=SC2086 # word splitting of the flag lists is meant
+	start_server usrbd0 --size 64MiB $store $panel
+	srv=$SERVER_PID
+	check "mkfs.ext4 /dev/usrbd0" mkfs.ext4 -q -F /dev/usrbd0
+	mount_dev /dev/usrbd0 "$USRBD_TMP/mnt"
+	make_files "$USRBD_TMP/mnt"
+	tree_sums "$USRBD_TMP/mnt" >"$USRBD_TMP/expected.sums"
+	if [ "$how" = button ]; then
+		press_button 200
+		wait_state usrbd0 safe 90
+	else
+		out=$("$USRBD" detach --socket "$(sock usrbd0)") || fail "usrbd detach failed: $out"
+		log "usrbd detach: $out"
+		check "state is safe after usrbd detach" state_is usrbd0 safe
+	fi
+	if is_mounted /dev/usrbd0; then
+		fail "/dev/usrbd0 still mounted after the detach"
+	fi
+	log "ok: /dev/usrbd0 unmounted by the detach"
+	check_gone usrbd0
+	image_holds_files "$image" "$USRBD_TMP/expected.sums"
+	if [ "$how" = button ]; then
+		check "LED sequence serving,detaching,safe" \
+			"$VMKIT" leds-check --events "$PANEL_EVENTS" --expect serving,detaching,safe
+	fi
+	stop_server $srv
+}

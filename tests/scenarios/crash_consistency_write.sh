@@ -1,0 +1,26 @@
+#!/bin/sh
+# Proves (first half, see crash_consistency_check): a file written and
+# fsynced on an ext4 served from a backing file in the host-backed rw dir,
+# then the VM is powered off abruptly (sysrq o: no detach, no sync).
+# group: quad
+# order: 99
+set -eu
+. "$USRBD_TESTS/lib.sh"
+
+dir=$USRBD_RWDIR/crash
+rm -rf "$dir"
+mkdir -p "$dir"
+load_module
+start_server usrbd0 --size 64MiB --backend file --file "$dir/disk.img"
+check "mkfs.ext4" mkfs.ext4 -q -F /dev/usrbd0
+mount_dev /dev/usrbd0 "$USRBD_TMP/mnt"
+# Earlier, unsynced writes around it must not matter to the synced file.
+dd if=/dev/urandom of="$USRBD_TMP/mnt/noise" bs=1M count=4 status=none
+dd if=/dev/urandom of="$USRBD_TMP/mnt/synced" bs=1M count=5 conv=fsync status=none
+sync "$USRBD_TMP/mnt"
+(cd "$USRBD_TMP/mnt" && sha256sum synced) >"$dir/expected.sha256"
+sync "$dir/expected.sha256"
+dd if=/dev/urandom of="$USRBD_TMP/mnt/unsynced" bs=1M count=2 status=none
+log "written and fsynced: $(cat "$dir/expected.sha256")"
+# The runner records this result, then powers the VM off at once.
+touch "$USRBD_TMP/.power-off-abruptly"
