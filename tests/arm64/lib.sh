@@ -18,7 +18,9 @@ SIZE_MIB=64
 SOCK=/run/usrbd/usrbd0.sock
 DEV=/dev/usrbd0
 
-mark() { echo "@@USRBD $*"; }
+# Straight to the console: scenario output is buffered until it ends, and the
+# host must see a press request while the scenario waits for its effect.
+mark() { echo "@@USRBD $*" > /dev/console; }
 
 fail() {
 	echo "$*" > /tmp/why
@@ -41,11 +43,10 @@ run_scenario() {
 
 # wait_for SECONDS CMD...: true once CMD succeeds, false after SECONDS.
 wait_for() {
-	tries=$(($1 * 10))
+	end=$(($(date +%s) + $1))
 	shift
 	while ! "$@"; do
-		tries=$((tries - 1))
-		[ "$tries" -gt 0 ] || return 1
+		[ "$(date +%s)" -lt "$end" ] || return 1
 		sleep 0.1
 	done
 }
@@ -88,6 +89,10 @@ json_field() {
 
 state_is() { [ "$(json_field "$(status_json "$1")" state)" = "$2" ]; }
 
+serving_or_gone() {
+	grep -q "usrbd: serving $DEV" "/tmp/$1.log" || ! kill -0 "$(cat "/tmp/$1.pid")" 2>/dev/null
+}
+
 # serve TAG IMAGE: start /bin/usrbd-TAG serving a 64 MiB RAM device with the
 # PL061 panel, and wait until it serves.
 serve() {
@@ -97,8 +102,11 @@ serve() {
 		--led-status gpio:/dev/gpiochip0:4 --led-error gpio:/dev/gpiochip0:5 \
 		> "/tmp/$1.log" 2>&1 &
 	echo $! > "/tmp/$1.pid"
-	if ! wait_for 30 grep -q "usrbd: serving $DEV" "/tmp/$1.log"; then
+	wait_for 30 serving_or_gone "$1"
+	if ! grep -q "usrbd: serving $DEV" "/tmp/$1.log"; then
 		cat "/tmp/$1.log"
+		kill -0 "$(cat "/tmp/$1.pid")" 2>/dev/null ||
+			fail "the $1 service exited before serving"
 		fail "the $1 service did not log 'usrbd: serving $DEV' within 30 s"
 	fi
 	mark serving "$1"
@@ -121,6 +129,8 @@ check_served() {
 # press_and_detach TAG: a button press detaches: the device goes away and the
 # service reports "safe".
 press_and_detach() {
+	[ -b "$DEV" ] || fail "no $DEV to detach"
+	kill -0 "$(cat "/tmp/$1.pid" 2>/dev/null)" 2>/dev/null || fail "the $1 service is not running"
 	mark press "$1"
 	wait_for 30 [ ! -e "$DEV" ] || fail "$DEV still present 30 s after the button press"
 	wait_for 10 state_is "$1" safe || fail "state is not safe after detach: $(status_json "$1")"
