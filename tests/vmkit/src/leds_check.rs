@@ -4,7 +4,7 @@
 //! Phases, read from the LED levels (status unless noted):
 //! - starting: status blinking slowly (2 Hz);
 //! - serving: status on for >= 300 ms, or until the next phase begins;
-//! - detaching: status toggling fast: >= 4 changes each < 150 ms after the
+//! - detaching: status toggling fast: >= 4 changes each < 170 ms after the
 //!   previous one (the 8 Hz sync pattern changes every ~62 ms; the 2 Hz
 //!   start pattern every 250 ms, so "4 changes within 1 s" alone would
 //!   match it too);
@@ -22,7 +22,7 @@ use log::warn;
 const SERVING_MIN_MS: u64 = 300;
 /// Status changes that make the detaching pattern, and their largest gap.
 const DETACH_CHANGES: usize = 4;
-const FAST_GAP_MS: u64 = 150;
+const FAST_GAP_MS: u64 = 170;
 /// Detaching changes closer than this belong to one detaching phase.
 const DETACH_JOIN_MS: u64 = 500;
 /// Gaps between status changes that make the 2 Hz start blink (250 ms).

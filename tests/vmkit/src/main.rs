@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod ackcheck;
 mod ackwrite;
 mod block;
+mod fuzz;
 mod leds_check;
 mod panel;
 mod stop;
@@ -29,6 +30,8 @@ enum Cmd {
     Ackwrite(ackwrite::Args),
     /// Check that every acknowledged block is on the image
     Ackcheck(ackcheck::Args),
+    /// Send malformed ioctls to usrbd.ko while its devices keep serving
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Cmd::LedsCheck(a) => leds_check::run(a),
         Cmd::Ackwrite(a) => ackwrite::run(a),
         Cmd::Ackcheck(a) => ackcheck::run(a),
+        Cmd::Fuzz(a) => fuzz::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmkit: {e:#}");

@@ -1,0 +1,919 @@
+//! Runs one case against the rig and tallies what the kernel answered.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_serve};
+
+use super::cases::{
+    AttachFault, BadPtr, Case, CreateFault, DestroyFault, IndexFault, LenFault, ServeFault, ValidOp,
+};
+use super::rig::{
+    self, create_struct, ioctl_struct, raw_ioctl, BadMemory, Device, DeviceSpec, Health,
+    QueueState, KERNEL_ADDR, NONCANONICAL_ADDR, REAL,
+};
+
+/// The scratch device that malformed CREATEs aim at (and valid ones make).
+pub const D_SPEC: DeviceSpec = DeviceSpec {
+    name: "vmkitfuzz-d",
+    size: 1 << 20,
+    queues: 1,
+    depth: 2,
+    max_io: 4096,
+    flags: 0,
+};
+
+/// The unserved device that destroys and attaches aim at.
+pub const C_SPEC: DeviceSpec = DeviceSpec {
+    name: "vmkitfuzz-c",
+    size: 1 << 20,
+    queues: 1,
+    depth: 2,
+    max_io: 4096,
+    flags: 0,
+};
+
+const SCRATCH: usize = 1 << 14;
+
+#[derive(Default, Debug)]
+pub struct KindCount {
+    pub calls: u64,
+    pub rejected: u64,
+    /// Lenient kinds: accepted but harmless (nothing to copy).
+    pub tolerated: u64,
+    pub lenient: bool,
+    pub errnos: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+pub struct Tally {
+    pub kinds: BTreeMap<String, KindCount>,
+    pub violations: Vec<String>,
+    pub valid_calls: u64,
+    pub valid_failed: Vec<String>,
+}
+
+impl Tally {
+    fn count(&mut self, label: &str, result: Result<i32, Errno>) -> &mut KindCount {
+        let k = self.kinds.entry(label.to_owned()).or_default();
+        k.calls += 1;
+        if let Err(e) = result {
+            k.rejected += 1;
+            *k.errnos.entry(format!("{e:?}")).or_default() += 1;
+        }
+        k
+    }
+
+    /// A malformed call: it must fail.
+    fn malformed(&mut self, label: &str, result: Result<i32, Errno>, case: &dyn std::fmt::Debug) {
+        self.count(label, result);
+        if let Ok(ret) = result {
+            self.violations
+                .push(format!("{label}: accepted (returned {ret}): {case:?}"));
+        }
+    }
+
+    fn valid(&mut self, what: &str, result: Result<i32, Errno>) -> bool {
+        self.valid_calls += 1;
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                self.valid_failed.push(format!("{what}: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Calls that had to fail, and how many of those did.
+    pub fn strict(&self) -> (u64, u64) {
+        self.kinds
+            .values()
+            .filter(|k| !k.lenient)
+            .fold((0, 0), |(c, r), k| (c + k.calls, r + k.rejected))
+    }
+
+    /// Calls allowed to succeed when the kernel had nothing to copy.
+    pub fn lenient(&self) -> (u64, u64) {
+        self.kinds
+            .values()
+            .filter(|k| k.lenient)
+            .fold((0, 0), |(c, t), k| (c + k.calls, t + k.tolerated))
+    }
+}
+
+pub struct Rig {
+    pub ctl: OwnedFd,
+    pub limits: uapi::usrbd_version,
+    pub a: Arc<Device>,
+    pub b: Arc<Device>,
+    pub c: Device,
+    pub bad: BadMemory,
+    pub health: Arc<Health>,
+    /// Buffers big enough for C's and A's queues, for attach attempts.
+    c_buf: Box<[u8]>,
+    a_buf: Box<[u8]>,
+}
+
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: the uapi structs are plain data without padding.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+fn from_bytes<T: Copy>(b: &[u8]) -> T {
+    assert!(b.len() >= std::mem::size_of::<T>());
+    // SAFETY: length checked; any bit pattern is a valid uapi struct.
+    unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) }
+}
+
+fn need(spec_depth: u32, max_io: u32) -> usize {
+    spec_depth as usize * max_io as usize
+}
+
+impl Rig {
+    pub fn new(
+        ctl: OwnedFd,
+        limits: uapi::usrbd_version,
+        a: Arc<Device>,
+        b: Arc<Device>,
+        health: Arc<Health>,
+    ) -> anyhow::Result<Self> {
+        let c = Device::create(ctl.as_raw_fd(), &C_SPEC, false)?;
+        Ok(Self {
+            c_buf: vec![0u8; need(C_SPEC.depth, C_SPEC.max_io)].into_boxed_slice(),
+            a_buf: vec![0u8; need(a.depth, a.max_io)].into_boxed_slice(),
+            ctl,
+            limits,
+            a,
+            b,
+            c,
+            bad: BadMemory::new()?,
+            health,
+        })
+    }
+
+    fn ctl(&self) -> RawFd {
+        self.ctl.as_raw_fd()
+    }
+
+    fn served(&self) -> Vec<(Arc<Device>, usize)> {
+        let mut v = Vec::new();
+        for dev in [&self.a, &self.b] {
+            for q in 0..dev.queues.len() {
+                v.push((Arc::clone(dev), q));
+            }
+        }
+        v
+    }
+
+    fn list(&self) -> Vec<u32> {
+        let mut l = uapi::usrbd_list::default();
+        match ioctl_struct(self.ctl(), rig::LIST, &mut l) {
+            Ok(_) => l.index[..(l.count as usize).min(uapi::USRBD_MAX_DEVICES)].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn resolve_index(&self, f: IndexFault) -> u32 {
+        let max = self.limits.max_devices;
+        match f {
+            IndexFault::NoDevice(pick) => {
+                let used = self.list();
+                (0..max)
+                    .map(|i| (pick % max.max(1) + i) % max.max(1))
+                    .find(|i| !used.contains(i))
+                    .unwrap_or(max)
+            }
+            IndexFault::OutOfRange(n) => max.saturating_add(n).min(u32::MAX - 1),
+            IndexFault::Auto => uapi::USRBD_INDEX_AUTO,
+        }
+    }
+
+    /// Undoes what a wrongly accepted call did: closes a returned fd,
+    /// removes devices that are not ours, recreates C if it was destroyed.
+    fn repair(&mut self, number: u32, ret: i32) {
+        if number & 0xff == 0x05 && ret > 0 {
+            // SAFETY: ATTACH returned this fd and nothing else owns it.
+            drop(unsafe { OwnedFd::from_raw_fd(ret) });
+        }
+        let ours = [self.a.index, self.b.index, self.c.index];
+        let listed = self.list();
+        for index in listed.iter().filter(|i| !ours.contains(i)) {
+            let mut st = uapi::usrbd_status {
+                index: *index,
+                ..Default::default()
+            };
+            if ioctl_struct(self.ctl(), rig::STATUS, &mut st).is_ok()
+                && uapi::name_from_c(&st.name).starts_with("vmkitfuzz")
+            {
+                let _ = rig::destroy(self.ctl(), *index, true);
+            }
+        }
+        if !listed.contains(&self.c.index) {
+            match Device::create(self.ctl(), &C_SPEC, false) {
+                Ok(c) => self.c = c,
+                Err(e) => self
+                    .health
+                    .report(format!("recreating {}: {e:#}", C_SPEC.name)),
+            }
+        }
+    }
+
+    fn malformed_ctl(
+        &mut self,
+        tally: &mut Tally,
+        label: &str,
+        number: u32,
+        arg: usize,
+        case: &Case,
+    ) {
+        let r = raw_ioctl(self.ctl(), number, arg);
+        tally.malformed(label, r, case);
+        if let Ok(ret) = r {
+            self.repair(number, ret);
+        }
+    }
+
+    fn bad_addr(&self, p: BadPtr, prefix: &[u8]) -> u64 {
+        match p {
+            BadPtr::Null => 0,
+            BadPtr::Inaccessible => self.bad.inaccessible() as u64,
+            BadPtr::Straddle => self.bad.straddle(8, prefix) as u64,
+            BadPtr::Kernel => KERNEL_ADDR,
+            BadPtr::NonCanonical => NONCANONICAL_ADDR,
+        }
+    }
+
+    /// The same, as an ioctl argument of this process's pointer width.
+    fn bad_arg(&self, p: BadPtr, prefix: &[u8]) -> usize {
+        match (p, usize::BITS) {
+            (BadPtr::Kernel, 32) => 0xffff_f000,
+            (BadPtr::NonCanonical, 32) => 0xffff_fff8,
+            _ => self.bad_addr(p, prefix) as usize,
+        }
+    }
+
+    /// A correct struct for each real ioctl, aimed at C or D (never A or B).
+    fn valid_bytes(&self, ioctl: usize) -> Vec<u8> {
+        match ioctl {
+            1 => create_struct(&D_SPEC)
+                .map(|c| bytes_of(&c))
+                .unwrap_or_default(),
+            2 => bytes_of(&uapi::usrbd_destroy {
+                index: self.c.index,
+                flags: uapi::USRBD_DESTROY_FORCE,
+                timeout_ms: 0,
+                reserved: 0,
+            }),
+            4 => bytes_of(&uapi::usrbd_status {
+                index: self.a.index,
+                ..Default::default()
+            }),
+            5 => bytes_of(&uapi::usrbd_attach {
+                index: self.c.index,
+                queue: 0,
+                buf_addr: self.c_buf.as_ptr() as u64,
+                buf_len: self.c_buf.len() as u64,
+                flags: 0,
+                reserved: 0,
+            }),
+            6 => bytes_of(&usrbd_serve::default()),
+            _ => Vec::new(),
+        }
+    }
+
+    fn scratch(&self, ioctl: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; SCRATCH];
+        let valid = self.valid_bytes(ioctl);
+        buf[..valid.len()].copy_from_slice(&valid);
+        buf
+    }
+
+    pub fn run(&mut self, case: &Case, tally: &mut Tally) {
+        match *case {
+            Case::WrongNumber { ioctl, dir, size } => {
+                let number = rig::ioc(dir, REAL[ioctl].1 & 0xff, size);
+                let mut buf = self.scratch(ioctl);
+                let label = format!("wrong-number:{}", REAL[ioctl].0);
+                if REAL[ioctl].2 {
+                    self.malformed_ctl(tally, &label, number, buf.as_mut_ptr() as usize, case);
+                } else {
+                    let served = self.served();
+                    let (dev, q) = &served[0];
+                    let queue = &dev.queues[*q];
+                    let _held = queue.lock();
+                    let r = raw_ioctl(queue.fd.as_raw_fd(), number, buf.as_mut_ptr() as usize);
+                    tally.malformed(&label, r, case);
+                }
+            }
+            Case::UnknownNumber { nr, dir, size } => {
+                let number = rig::ioc(dir, nr, size);
+                let mut buf = vec![0u8; SCRATCH];
+                if nr % 2 == 0 {
+                    self.malformed_ctl(
+                        tally,
+                        "unknown-number:control",
+                        number,
+                        buf.as_mut_ptr() as usize,
+                        case,
+                    );
+                } else {
+                    let queue = Arc::clone(&self.a.queues[0]);
+                    let r = raw_ioctl(queue.fd.as_raw_fd(), number, buf.as_mut_ptr() as usize);
+                    tally.malformed("unknown-number:server", r, case);
+                }
+            }
+            Case::ForeignNumber { number, on_server } => {
+                let mut buf = vec![0u8; SCRATCH];
+                if on_server {
+                    let queue = Arc::clone(&self.b.queues[0]);
+                    let r = raw_ioctl(queue.fd.as_raw_fd(), number, buf.as_mut_ptr() as usize);
+                    tally.malformed("foreign-number:server", r, case);
+                } else {
+                    self.malformed_ctl(
+                        tally,
+                        "foreign-number:control",
+                        number,
+                        buf.as_mut_ptr() as usize,
+                        case,
+                    );
+                }
+            }
+            Case::ServeOnControl => {
+                let mut s = usrbd_serve::default();
+                self.malformed_ctl(
+                    tally,
+                    "serve-on-control",
+                    rig::SERVE,
+                    &mut s as *mut _ as usize,
+                    case,
+                );
+            }
+            Case::ControlOnServer { ioctl, queue } => {
+                let served = self.served();
+                let (dev, q) = &served[queue as usize % served.len()];
+                let mut buf = self.scratch(ioctl);
+                let r = raw_ioctl(
+                    dev.queues[*q].fd.as_raw_fd(),
+                    REAL[ioctl].1,
+                    buf.as_mut_ptr() as usize,
+                );
+                tally.malformed(&format!("control-on-server:{}", REAL[ioctl].0), r, case);
+                if let Ok(ret) = r {
+                    self.repair(REAL[ioctl].1, ret);
+                }
+            }
+            Case::Create(f) => self.create(f, case, tally),
+            Case::Destroy(f) => {
+                let mut d = uapi::usrbd_destroy {
+                    index: self.c.index,
+                    flags: uapi::USRBD_DESTROY_FORCE,
+                    timeout_ms: 0,
+                    reserved: 0,
+                };
+                let label = match f {
+                    DestroyFault::Flags(bit) => {
+                        d.flags |= bit;
+                        "destroy:flags"
+                    }
+                    DestroyFault::Reserved(v) => {
+                        d.reserved = v;
+                        "destroy:reserved"
+                    }
+                    DestroyFault::Index(i) => {
+                        d.index = self.resolve_index(i);
+                        "destroy:index"
+                    }
+                };
+                self.malformed_ctl(tally, label, rig::DESTROY, &mut d as *mut _ as usize, case);
+            }
+            Case::Status(f) => {
+                let mut st = uapi::usrbd_status {
+                    index: self.resolve_index(f),
+                    ..Default::default()
+                };
+                self.malformed_ctl(
+                    tally,
+                    "status:index",
+                    rig::STATUS,
+                    &mut st as *mut _ as usize,
+                    case,
+                );
+            }
+            Case::Attach(f) => self.attach(f, case, tally),
+            Case::ArgPointer { ioctl, ptr, queue } => {
+                let mut prefix = self.valid_bytes(ioctl);
+                prefix.resize(8, 0);
+                let arg = self.bad_arg(ptr, &prefix);
+                let label = format!("arg-pointer:{}:{ptr:?}", REAL[ioctl].0);
+                if REAL[ioctl].2 {
+                    self.malformed_ctl(tally, &label, REAL[ioctl].1, arg, case);
+                } else {
+                    let served = self.served();
+                    let (dev, q) = &served[queue as usize % served.len()];
+                    let queue = &dev.queues[*q];
+                    let _held = queue.lock();
+                    let r = raw_ioctl(queue.fd.as_raw_fd(), rig::SERVE, arg);
+                    tally.malformed(&label, r, case);
+                }
+            }
+            Case::Serve { target, fault } => self.serve(target, fault, case, tally),
+            Case::RandomStruct { ioctl, seed } => self.random_struct(ioctl, seed, case, tally),
+            Case::Valid(op) => self.valid(op, tally),
+        }
+    }
+
+    fn create(&mut self, f: CreateFault, case: &Case, tally: &mut Tally) {
+        let Ok(mut c) = create_struct(&D_SPEC) else {
+            return;
+        };
+        let l = self.limits;
+        let label = match f {
+            CreateFault::Abi(v) => {
+                c.abi_version = v;
+                "create:abi"
+            }
+            CreateFault::Reserved { slot, value } => {
+                c.reserved[slot % 5] = value;
+                "create:reserved"
+            }
+            CreateFault::Flags(bit) => {
+                c.flags |= bit;
+                "create:flags"
+            }
+            CreateFault::IndexOutOfRange(n) => {
+                c.index = l.max_devices.saturating_add(n).min(u32::MAX - 1);
+                "create:index-range"
+            }
+            CreateFault::IndexTaken => {
+                c.index = self.a.index;
+                "create:index-taken"
+            }
+            CreateFault::NameTaken => {
+                c.name = uapi::name_to_c(&self.a.name).unwrap_or_default();
+                "create:name-taken"
+            }
+            CreateFault::NameNoNul => {
+                c.name = [b'x' as libc::c_char; uapi::USRBD_NAME_LEN];
+                "create:name-no-nul"
+            }
+            CreateFault::NameSlash => {
+                c.name = uapi::name_to_c("vmkit/fuzz").unwrap_or_default();
+                "create:name-slash"
+            }
+            CreateFault::Lbs(v) => {
+                c.logical_block_size = v;
+                "create:logical-block-size"
+            }
+            CreateFault::Pbs { lbs, pbs } => {
+                c.logical_block_size = lbs;
+                c.physical_block_size = pbs;
+                "create:physical-block-size"
+            }
+            CreateFault::Size { lbs, size } => {
+                c.logical_block_size = lbs;
+                c.size = size;
+                "create:size"
+            }
+            CreateFault::QueuesZero => {
+                c.nr_queues = 0;
+                "create:queues"
+            }
+            CreateFault::QueuesOver(n) => {
+                c.nr_queues = l.max_queues.saturating_add(1 + n % 64);
+                "create:queues"
+            }
+            CreateFault::DepthZero => {
+                c.queue_depth = 0;
+                "create:depth"
+            }
+            CreateFault::DepthOver(n) => {
+                c.queue_depth = l.max_queue_depth.saturating_add(1 + n % 1000);
+                "create:depth"
+            }
+            CreateFault::MaxIo(v) => {
+                c.max_io_bytes = v;
+                "create:max-io"
+            }
+            CreateFault::MaxIoOver(n) => {
+                c.max_io_bytes = l.max_io_bytes.saturating_add(4096 * (1 + n % 256));
+                "create:max-io"
+            }
+        };
+        self.malformed_ctl(tally, label, rig::CREATE, &mut c as *mut _ as usize, case);
+    }
+
+    fn attach(&mut self, f: AttachFault, case: &Case, tally: &mut Tally) {
+        let mut a = uapi::usrbd_attach {
+            index: self.c.index,
+            queue: 0,
+            buf_addr: self.c_buf.as_ptr() as u64,
+            buf_len: self.c_buf.len() as u64,
+            flags: 0,
+            reserved: 0,
+        };
+        let need = self.c_buf.len() as u64;
+        let mut first: Option<OwnedFd> = None;
+        let label = match f {
+            AttachFault::Flags(v) => {
+                a.flags = v;
+                "attach:flags"
+            }
+            AttachFault::Reserved(v) => {
+                a.reserved = v;
+                "attach:reserved"
+            }
+            AttachFault::Index(i) => {
+                a.index = self.resolve_index(i);
+                "attach:index"
+            }
+            AttachFault::Queue(n) => {
+                a.queue = n.max(self.c.nr_queues);
+                "attach:queue"
+            }
+            AttachFault::BufNull => {
+                a.buf_addr = 0;
+                "attach:buf-null"
+            }
+            AttachFault::BufKernel => {
+                a.buf_addr = KERNEL_ADDR;
+                "attach:buf-kernel"
+            }
+            AttachFault::BufNonCanonical => {
+                a.buf_addr = NONCANONICAL_ADDR;
+                "attach:buf-noncanonical"
+            }
+            AttachFault::BufShort(n) => {
+                a.buf_len = need - 1 - u64::from(n) % need;
+                "attach:buf-short"
+            }
+            AttachFault::BufZeroLen => {
+                a.buf_len = 0;
+                "attach:buf-short"
+            }
+            AttachFault::Busy => {
+                a.index = self.a.index;
+                a.buf_addr = self.a_buf.as_ptr() as u64;
+                a.buf_len = self.a_buf.len() as u64;
+                "attach:busy"
+            }
+            AttachFault::Twice => {
+                match rig::attach(self.ctl(), self.c.index, 0, a.buf_addr, a.buf_len) {
+                    Ok(fd) => {
+                        tally.valid("attach C queue 0", Ok(0));
+                        first = Some(fd);
+                    }
+                    Err(e) => {
+                        tally.valid("attach C queue 0", Err(e));
+                        return;
+                    }
+                }
+                "attach:twice"
+            }
+        };
+        self.malformed_ctl(tally, label, rig::ATTACH, &mut a as *mut _ as usize, case);
+        drop(first);
+    }
+
+    fn random_struct(&mut self, ioctl: usize, seed: u64, case: &Case, tally: &mut Tally) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut bytes = vec![0u8; 1100];
+        rng.fill(&mut bytes);
+        let label = format!("random-struct:{}", REAL[ioctl].0);
+        match ioctl {
+            1 => {
+                let mut c: uapi::usrbd_create = from_bytes(&bytes);
+                c.reserved[rng.usize(0..5)] |= 1;
+                self.malformed_ctl(tally, &label, rig::CREATE, &mut c as *mut _ as usize, case);
+            }
+            2 => {
+                let mut d: uapi::usrbd_destroy = from_bytes(&bytes);
+                d.reserved |= 1;
+                if d.index == self.a.index || d.index == self.b.index {
+                    d.index = self.c.index;
+                }
+                self.malformed_ctl(tally, &label, rig::DESTROY, &mut d as *mut _ as usize, case);
+            }
+            4 => {
+                let mut st: uapi::usrbd_status = from_bytes(&bytes);
+                if self.list().contains(&st.index) {
+                    st.index = st.index.saturating_add(self.limits.max_devices);
+                }
+                self.malformed_ctl(tally, &label, rig::STATUS, &mut st as *mut _ as usize, case);
+            }
+            5 => {
+                let mut a: uapi::usrbd_attach = from_bytes(&bytes);
+                a.flags |= 1;
+                self.malformed_ctl(tally, &label, rig::ATTACH, &mut a as *mut _ as usize, case);
+            }
+            _ => {
+                let mut s: usrbd_serve = from_bytes(&bytes);
+                s.nr_completions = uapi::USRBD_MAX_BATCH + 1 + rng.u32(0..10_000);
+                let queue = Arc::clone(&self.a.queues[0]);
+                let _held = queue.lock();
+                let r = ioctl_struct(queue.fd.as_raw_fd(), rig::SERVE, &mut s);
+                tally.malformed(&label, r, case);
+            }
+        }
+    }
+
+    fn valid(&mut self, op: ValidOp, tally: &mut Tally) {
+        let ctl = self.ctl();
+        match op {
+            ValidOp::Version => {
+                let mut v = uapi::usrbd_version::default();
+                let r = ioctl_struct(ctl, rig::VERSION, &mut v);
+                if tally.valid("VERSION", r) && v.abi_version != uapi::USRBD_ABI_VERSION {
+                    tally
+                        .valid_failed
+                        .push(format!("VERSION says abi {}", v.abi_version));
+                }
+            }
+            ValidOp::List => {
+                let mut l = uapi::usrbd_list::default();
+                let r = ioctl_struct(ctl, rig::LIST, &mut l);
+                let listed = &l.index[..(l.count as usize).min(uapi::USRBD_MAX_DEVICES)];
+                if tally.valid("LIST", r)
+                    && ![self.a.index, self.b.index, self.c.index]
+                        .iter()
+                        .all(|i| listed.contains(i))
+                {
+                    tally
+                        .valid_failed
+                        .push(format!("LIST misses one of ours: {listed:?}"));
+                }
+            }
+            ValidOp::Status(w) => {
+                let (index, name) = match w % 3 {
+                    0 => (self.a.index, self.a.name.clone()),
+                    1 => (self.b.index, self.b.name.clone()),
+                    _ => (self.c.index, self.c.name.clone()),
+                };
+                let mut st = uapi::usrbd_status {
+                    index,
+                    ..Default::default()
+                };
+                let r = ioctl_struct(ctl, rig::STATUS, &mut st);
+                if tally.valid("STATUS", r) && uapi::name_from_c(&st.name) != name {
+                    tally.valid_failed.push(format!(
+                        "STATUS {index} names {:?}, expected {name:?}",
+                        uapi::name_from_c(&st.name)
+                    ));
+                }
+            }
+            ValidOp::AttachClose => {
+                let r = rig::attach(
+                    ctl,
+                    self.c.index,
+                    0,
+                    self.c_buf.as_ptr() as u64,
+                    self.c_buf.len() as u64,
+                );
+                tally.valid("ATTACH C", r.map(|fd| fd.as_raw_fd()));
+            }
+            ValidOp::CreateDestroy => match Device::create(ctl, &D_SPEC, false) {
+                Ok(d) => {
+                    tally.valid("CREATE D", Ok(0));
+                    let r = rig::destroy(ctl, d.index, true).map(|()| 0);
+                    tally.valid("DESTROY D", r);
+                }
+                Err(e) => tally.valid_failed.push(format!("CREATE D: {e:#}")),
+            },
+            ValidOp::Fetch(w) => {
+                let served = self.served();
+                let (dev, q) = &served[w as usize % served.len()];
+                let queue = &dev.queues[*q];
+                let mut st = queue.lock();
+                let r = dev.serve_once(queue, &mut st, dev.depth, 5, &self.health);
+                tally.valid("SERVE fetch", r.map(|n| n as i32));
+            }
+        }
+    }
+
+    fn serve(&mut self, target: u32, fault: ServeFault, case: &Case, tally: &mut Tally) {
+        let served = self.served();
+        let (dev, qi) = served[target as usize % served.len()].clone();
+        // Tags in flight elsewhere, read before locking the target queue.
+        let other = match fault {
+            ServeFault::CrossQueue { .. } if dev.queues.len() > 1 => Some(
+                dev.queues[(qi + 1) % dev.queues.len()]
+                    .lock()
+                    .pending
+                    .clone(),
+            ),
+            ServeFault::CrossDevice { .. } => {
+                let o = if Arc::ptr_eq(&dev, &self.a) {
+                    &self.b
+                } else {
+                    &self.a
+                };
+                Some(
+                    o.queues[target as usize % o.queues.len()]
+                        .lock()
+                        .pending
+                        .clone(),
+                )
+            }
+            _ => None,
+        };
+        let queue = Arc::clone(&dev.queues[qi]);
+        let mut st = queue.lock();
+        if st.pending.is_empty() {
+            // Fetch something so that faults about tags in flight have one.
+            let r = dev.serve_once(&queue, &mut st, dev.depth, 20, &self.health);
+            tally.valid("SERVE fetch", r.map(|n| n as i32));
+        }
+        let depth = dev.depth;
+        let pick = |p: u32, st: &QueueState| {
+            st.pending
+                .get(p as usize % st.pending.len().max(1))
+                .copied()
+        };
+        let not_in_flight = |p: u32, st: &QueueState| {
+            let free: Vec<u32> = (0..depth)
+                .filter(|t| st.pending.iter().all(|x| x.req.tag != *t))
+                .collect();
+            free.get(p as usize % free.len().max(1))
+                .copied()
+                .unwrap_or(depth)
+        };
+        let stray = |tag: u32, op: u32| usrbd_completion {
+            tag,
+            op,
+            result: 0,
+            len: if op == uapi::USRBD_OP_FLUSH { 0 } else { 4096 },
+        };
+
+        let mut comps: Vec<usrbd_completion> = Vec::new();
+        let mut s = usrbd_serve::default();
+        let mut max_requests = 0u32;
+        let mut expect_completed = 0u32;
+        let mut lenient = false;
+        let label: String = match fault {
+            ServeFault::TagOutOfRange { over } => {
+                comps.push(stray(depth.saturating_add(over), uapi::USRBD_OP_READ));
+                "serve:tag-out-of-range".into()
+            }
+            ServeFault::NotInFlight { pick: p, op } => {
+                comps.push(stray(not_in_flight(p, &st), op));
+                "serve:not-in-flight".into()
+            }
+            ServeFault::WrongOp { pick: p, shift } => match pick(p, &st) {
+                Some(x) => {
+                    comps.push(usrbd_completion {
+                        op: x.req.op + 1 + shift % 7,
+                        ..x.answer
+                    });
+                    "serve:wrong-op".into()
+                }
+                None => {
+                    comps.push(stray(not_in_flight(p, &st), uapi::USRBD_OP_READ));
+                    "serve:not-in-flight".into()
+                }
+            },
+            ServeFault::WrongLen { pick: p, how } => match pick(p, &st) {
+                Some(x) => {
+                    let len = x.req.len;
+                    let bad = match how {
+                        LenFault::PlusOne => len.wrapping_add(1),
+                        LenFault::MinusSector => len.wrapping_sub(512),
+                        LenFault::Double if len > 0 => len * 2,
+                        LenFault::Huge => u32::MAX,
+                        LenFault::Zero if len > 0 => 0,
+                        _ => 4096,
+                    };
+                    comps.push(usrbd_completion {
+                        len: bad,
+                        result: 0,
+                        ..x.answer
+                    });
+                    "serve:wrong-len".into()
+                }
+                None => {
+                    comps.push(stray(not_in_flight(p, &st), uapi::USRBD_OP_WRITE));
+                    "serve:not-in-flight".into()
+                }
+            },
+            ServeFault::BadResult { pick: p, result } => match pick(p, &st) {
+                Some(x) => {
+                    comps.push(usrbd_completion { result, ..x.answer });
+                    "serve:bad-result".into()
+                }
+                None => {
+                    comps.push(usrbd_completion {
+                        result,
+                        ..stray(not_in_flight(p, &st), uapi::USRBD_OP_READ)
+                    });
+                    "serve:not-in-flight".into()
+                }
+            },
+            ServeFault::Duplicate { pick: p } => match pick(p, &st) {
+                Some(x) => {
+                    comps.push(x.answer);
+                    comps.push(x.answer);
+                    expect_completed = 1;
+                    "serve:duplicate-tag".into()
+                }
+                None => {
+                    comps.push(stray(not_in_flight(p, &st), uapi::USRBD_OP_READ));
+                    "serve:not-in-flight".into()
+                }
+            },
+            ServeFault::PrefixThenBad { k, over } => {
+                let k = (k as usize).min(st.pending.len());
+                comps.extend(st.pending[..k].iter().map(|p| p.answer));
+                comps.push(stray(depth.saturating_add(over), uapi::USRBD_OP_READ));
+                expect_completed = k as u32;
+                "serve:valid-then-bad".into()
+            }
+            ServeFault::TooManyCompletions { extra } => {
+                let n = uapi::USRBD_MAX_BATCH + 1 + extra;
+                comps = vec![stray(u32::MAX, uapi::USRBD_OP_READ); n as usize];
+                "serve:too-many-completions".into()
+            }
+            ServeFault::TooManyRequests { extra } => {
+                max_requests = uapi::USRBD_MAX_BATCH + 1 + extra;
+                "serve:too-many-requests".into()
+            }
+            ServeFault::CompletionsPtr { ptr, n } => {
+                let prefix = bytes_of(&stray(u32::MAX, uapi::USRBD_OP_READ));
+                s.completions = self.bad_addr(ptr, &prefix);
+                s.nr_completions = n;
+                format!("serve:completions-pointer:{ptr:?}")
+            }
+            ServeFault::RequestsPtr { ptr, n } => {
+                s.requests = self.bad_addr(ptr, &[0u8; 8]);
+                s.max_requests = n;
+                lenient = true;
+                format!("serve:requests-pointer:{ptr:?}")
+            }
+            ServeFault::CrossQueue { pick: p } | ServeFault::CrossDevice { pick: p } => {
+                let candidates: Vec<_> = other
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|o| st.pending.iter().all(|x| x.req.tag != o.req.tag))
+                    .collect();
+                match candidates.get(p as usize % candidates.len().max(1)) {
+                    Some(o) => {
+                        comps.push(o.answer);
+                        if matches!(fault, ServeFault::CrossQueue { .. }) {
+                            "serve:other-queue-tag".into()
+                        } else {
+                            "serve:other-device-tag".into()
+                        }
+                    }
+                    None => {
+                        comps.push(stray(not_in_flight(p, &st), uapi::USRBD_OP_READ));
+                        "serve:not-in-flight".into()
+                    }
+                }
+            }
+        };
+        let mut reqs = vec![usrbd_request::default(); max_requests.max(s.max_requests) as usize];
+        if !comps.is_empty() {
+            s.completions = comps.as_ptr() as u64;
+            s.nr_completions = comps.len() as u32;
+        }
+        if max_requests > 0 {
+            s.requests = reqs.as_mut_ptr() as u64;
+            s.max_requests = max_requests;
+        }
+        let r = ioctl_struct(queue.fd.as_raw_fd(), rig::SERVE, &mut s);
+
+        // Whatever the kernel applied is no longer in flight.
+        let applied = (s.nr_completed as usize).min(comps.len());
+        for c in &comps[..applied] {
+            st.pending.retain(|p| p.req.tag != c.tag);
+        }
+        if lenient {
+            let k = tally.count(&label, r);
+            k.lenient = true;
+            match r {
+                Ok(_) if s.nr_requests == 0 => k.tolerated += 1,
+                Ok(_) => tally.violations.push(format!(
+                    "{label}: claimed {} requests written to a bad address: {case:?}",
+                    s.nr_requests
+                )),
+                Err(_) => {}
+            }
+        } else {
+            tally.malformed(&label, r, case);
+            if r.is_err() && s.nr_completed != expect_completed {
+                tally.violations.push(format!(
+                    "{label}: nr_completed {} after the refusal, expected {expect_completed}: {case:?}",
+                    s.nr_completed
+                ));
+            }
+        }
+        if r.is_ok() && s.nr_requests > 0 && !lenient {
+            // Wrongly accepted and fetched: serve those requests properly.
+            let n = (s.nr_requests as usize).min(reqs.len());
+            for req in &reqs[..n] {
+                let p = dev.process(&mut st, *req, &self.health);
+                st.pending.push(p);
+            }
+        }
+    }
+}
