@@ -344,3 +344,117 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::BackendError;
+    use std::sync::atomic::AtomicU32;
+
+    /// Counts flushes; writes beyond `full_at` fail with ENOSPC.
+    #[derive(Default)]
+    struct Probe {
+        flushes: AtomicU32,
+        full_at: u64,
+    }
+
+    impl Backend for Probe {
+        fn kind(&self) -> &'static str {
+            "probe"
+        }
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read(&self, _: u64, buf: &mut [u8]) -> io::Result<()> {
+            buf.fill(9);
+            Ok(())
+        }
+        fn write(&self, off: u64, _: &[u8]) -> io::Result<()> {
+            if off >= self.full_at {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+        fn finish(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn used_bytes(&self) -> u64 {
+            0
+        }
+    }
+
+    fn req(op: u32, flags: u32, offset: u64) -> usrbd_request {
+        usrbd_request {
+            tag: 0,
+            op,
+            flags,
+            len: 4096,
+            offset,
+        }
+    }
+
+    #[test]
+    fn fua_write_is_flushed_before_the_answer() {
+        let b = Probe {
+            full_at: u64::MAX,
+            ..Default::default()
+        };
+        let (st, rl) = (Stats::default(), RateLimit::default());
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(
+            execute(&b, &req(USRBD_OP_WRITE, 0, 0), Some(&mut buf), &st, &rl),
+            0
+        );
+        assert_eq!(b.flushes.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            execute(
+                &b,
+                &req(USRBD_OP_WRITE, USRBD_REQ_FUA, 0),
+                Some(&mut buf),
+                &st,
+                &rl
+            ),
+            0
+        );
+        assert_eq!(b.flushes.load(Ordering::Relaxed), 1);
+        let s = st.snapshot();
+        assert_eq!((s.writes, s.fua, s.bytes_written), (2, 1, 8192));
+    }
+
+    #[test]
+    fn backend_errors_are_answered_as_negative_errno() {
+        let b = Probe {
+            full_at: 4096,
+            ..Default::default()
+        };
+        let (st, rl) = (Stats::default(), RateLimit::default());
+        let mut buf = vec![0u8; 4096];
+        let r = execute(&b, &req(USRBD_OP_WRITE, 0, 8192), Some(&mut buf), &st, &rl);
+        assert_eq!(r, -libc::ENOSPC);
+        assert_eq!(
+            execute(&b, &req(99, 0, 0), None, &st, &rl),
+            -libc::EOPNOTSUPP
+        );
+        assert_eq!(
+            execute(&b, &req(USRBD_OP_READ, 0, 0), None, &st, &rl),
+            -libc::EINVAL
+        );
+        assert_eq!(st.snapshot().errors, 3);
+        assert_eq!(st.snapshot().writes, 0);
+        assert_eq!(
+            execute(&b, &req(USRBD_OP_READ, 0, 0), Some(&mut buf), &st, &rl),
+            0
+        );
+        assert!(buf.iter().all(|x| *x == 9));
+    }
+}
