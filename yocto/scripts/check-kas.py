@@ -5,7 +5,7 @@
 network. This loads each file the way kas does (kas's own IncludeHandler:
 every file and every include validated against kas's JSON schema, includes
 merged), validates the merged result against the schema again, and checks
-what the usrbd build relies on: a machine, the usrbd distro and image, and
+what the usrbd build relies on: a machine, the usrbd-poky distro, the usrbd-image target, and
 every remote layer pinned to a full commit id on a named branch.
 
 Needs `pip install kas` (the tool itself is Python, hence this check is too).
@@ -29,7 +29,7 @@ def check(path):
     problems = [f"repo {name!r} is not defined" for name in missing]
     validator = validator_for(CONFIGSCHEMA)(CONFIGSCHEMA)
     problems += [f"merged config: {e.message}" for e in validator.iter_errors(config)]
-    for key, want in (("distro", "usrbd"), ("target", "usrbd-image")):
+    for key, want in (("distro", "usrbd-poky"), ("target", "usrbd-image")):
         if config.get(key) != want:
             problems.append(f"{key} is {config.get(key)!r}, expected {want!r}")
     if not config.get("machine"):
