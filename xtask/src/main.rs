@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the one entry point for building the module, the
 //! service, images, and for running the VM tests, the demo and benchmarks.
 
+mod bench;
 mod cmd;
 mod cross;
 mod image;
@@ -23,6 +24,7 @@ tasks:
   cross       build service and module for aarch64 and armv7
   image       build a flashable SD-card image (--board rpi3-64|rpi4-64)
   run-image   boot that image in QEMU raspi3b until the service serves
+  bench       fio on usrbd, brd, null_blk, ublk and nbd in one VM; writes docs/benchmarks.md
 ";
 
 fn main() -> Result<()> {
@@ -37,6 +39,7 @@ fn main() -> Result<()> {
         "cross" => cross::run(&rest),
         "image" => image::build(&rest),
         "run-image" => image::run(&rest),
+        "bench" => bench::run(&rest),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

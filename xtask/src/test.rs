@@ -91,7 +91,7 @@ fn cargo() -> Command {
     c
 }
 
-fn build_release(paths: &Paths) -> Result<(PathBuf, PathBuf)> {
+pub fn build_release(paths: &Paths) -> Result<(PathBuf, PathBuf)> {
     cmd::run(cargo().args(["build", "--release", "-p", "usrbd", "-p", "vmkit"]))?;
     let dir = paths.target().join("release");
     Ok((dir.join("usrbd"), dir.join("vmkit")))
