@@ -169,6 +169,8 @@ pub fn find_socket(explicit: Option<&Path>) -> Result<PathBuf, IpcError> {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+            // A server killed with SIGKILL leaves its socket behind; skip those.
+            .filter(|p| UnixStream::connect(p).is_ok())
             .collect(),
         Err(_) => Vec::new(),
     };

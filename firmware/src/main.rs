@@ -10,8 +10,24 @@ fn main() {
     std::process::exit(match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("usrbd: {e:#}");
+            eprintln!("usrbd: {}", chain(&e));
             1
         }
     });
+}
+
+/// The error and its causes, leaving out a cause whose text a message before it
+/// already includes (library errors name their source in their own message).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
