@@ -23,3 +23,10 @@ inherit module
 KERNEL_MODULE_AUTOLOAD += "usrbd"
 
 RPROVIDES:${PN} += "kernel-module-usrbd"
+
+# kmod/ is copied as it is in the checkout, with whatever a host build left in
+# it (objects for another kernel or architecture): build from sources only.
+do_configure:prepend() {
+    find ${S} \( -name '*.o' -o -name '*.ko' -o -name '*.mod' -o -name '*.mod.c' \
+        -o -name '.*.cmd' -o -name modules.order -o -name Module.symvers \) -delete
+}
