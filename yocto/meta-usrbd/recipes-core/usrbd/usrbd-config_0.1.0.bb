@@ -43,7 +43,9 @@ do_install() {
     install -d ${D}${sysconfdir}/usrbd ${D}${datadir}/usrbd/pinmaps
     install -m 0644 ${B}/usrbd.toml ${D}${sysconfdir}/usrbd/usrbd.toml
     install -m 0644 ${S}/board/pinmaps/*.toml ${D}${datadir}/usrbd/pinmaps/
+    # The default config keeps the RAM image (and file backends) under /data.
+    install -d -m 0755 ${D}/data
 }
 
-FILES:${PN} += "${datadir}/usrbd"
+FILES:${PN} += "${datadir}/usrbd /data"
 CONFFILES:${PN} = "${sysconfdir}/usrbd/usrbd.toml"
