@@ -413,6 +413,8 @@ pub const CONSTANTS: &[(&str, u64)] = &[
 ];
 
 /// Copies `s` into a NUL-terminated C name field; `None` if it does not fit.
+// c_char is i8 on x86 and u8 on arm: the casts are no-ops on some targets only.
+#[allow(clippy::unnecessary_cast)]
 pub fn name_to_c(s: &str) -> Option<[c_char; USRBD_NAME_LEN]> {
     let bytes = s.as_bytes();
     if bytes.len() >= USRBD_NAME_LEN || bytes.contains(&0) {
@@ -426,6 +428,7 @@ pub fn name_to_c(s: &str) -> Option<[c_char; USRBD_NAME_LEN]> {
 }
 
 /// The string in a C name field, up to the first NUL.
+#[allow(clippy::unnecessary_cast)]
 pub fn name_from_c(name: &[c_char; USRBD_NAME_LEN]) -> String {
     let bytes: Vec<u8> = name
         .iter()
