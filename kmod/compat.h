@@ -23,7 +23,7 @@ struct usrbd_limits {
 	bool fua;
 };
 
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+#if KERNEL_VERSION(6, 11, 0) <= LINUX_VERSION_CODE
 /*
  * 6.11 ("block: move the ... flag to queue_limits" series) moved the write
  * cache, FUA and rotational flags into queue_limits.features, and removed
@@ -59,7 +59,7 @@ static inline struct gendisk *usrbd_alloc_disk(struct blk_mq_tag_set *set,
 	struct request_queue *q;
 	struct gendisk *disk;
 
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+#if KERNEL_VERSION(6, 9, 0) <= LINUX_VERSION_CODE
 	/* 6.9 added the queue_limits argument to blk_mq_alloc_disk(). */
 	disk = blk_mq_alloc_disk(set, NULL, data);
 #else
@@ -87,7 +87,7 @@ static inline struct gendisk *usrbd_alloc_disk(struct blk_mq_tag_set *set,
 }
 #endif
 
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 5, 0)
+#if KERNEL_VERSION(6, 5, 0) <= LINUX_VERSION_CODE
 /*
  * 6.5 ("block: pass a gendisk to ->open", "block: remove the unused mode
  * argument to ->release") changed the block_device_operations signatures.
