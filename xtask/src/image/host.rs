@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
@@ -17,7 +19,6 @@ const TOOLS: &[(&str, &str, Option<&str>)] = &[
     ("xz", "xz-utils", None),
     ("gzip", "gzip", None),
     ("busybox", "busybox-static", None),
-    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu", None),
     ("make", "make", None),
     (
         "qemu-system-aarch64",
@@ -44,7 +45,11 @@ pub fn ensure_tools() -> Result<()> {
             names.join(" ")
         );
     }
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    // A half-synced mirror fails one index now and then; the install may
+    // still succeed with what apt already has.
+    if let Err(e) = run(Command::new("apt-get").arg("update").arg("-q")) {
+        step(&format!("apt-get update failed, installing anyway: {e:#}"));
+    }
     for (_, pkg, suite) in missing {
         let mut cmd = Command::new("apt-get");
         cmd.args(["install", "-y", "-q", "--no-install-recommends"])
@@ -106,9 +111,11 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// One progress line of the build.
+/// One progress line, stamped with the seconds since the first one.
 pub fn step(msg: &str) {
-    println!("[image] {msg}");
+    static START: OnceLock<Instant> = OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    println!("[image {t:6.1}s] {msg}");
 }
 
 pub fn human(bytes: u64) -> String {

@@ -13,6 +13,7 @@ mod disk;
 mod host;
 mod payload;
 mod rootfs;
+mod toolchain;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -256,10 +257,11 @@ fn build_image(board: Board, size: u64) -> Result<PathBuf> {
     let firmware_pkg = unpack(&apt, &pkgs, "raspi-firmware")?;
     let busybox_pkg = unpack(&apt, &pkgs, "busybox-static:arm64")?;
     let kdir = kernel_headers(&apt, &pkgs, &abi)?;
+    let cross_compile = toolchain::aarch64(&apt, &pkgs.join("toolchain-aarch64"))?;
 
     let config = work.join("usrbd.toml");
     service_config(&root, board, &config)?;
-    let payload = payload::prepare(&root, &work, &kdir, &release, config)?;
+    let payload = payload::prepare(&root, &work, &kdir, &release, &cross_compile, config)?;
 
     let staging = work.join("rootfs");
     let parts = rootfs::Parts {

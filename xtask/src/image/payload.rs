@@ -21,11 +21,13 @@ pub struct Payload {
 /// both in target/cross/aarch64/; they are used when newer than their
 /// sources (and, for the module, built for the image's kernel), otherwise
 /// we build our own.
+/// `cross_compile` is the aarch64 gcc prefix (`…/aarch64-linux-gnu-`).
 pub fn prepare(
     root: &Path,
     work: &Path,
     kdir: &Path,
     kernel: &str,
+    cross_compile: &Path,
     config: PathBuf,
 ) -> Result<Payload> {
     let init_script = root.join("firmware/packaging/S50usrbd");
@@ -45,7 +47,7 @@ pub fn prepare(
             ));
             p
         }
-        _ => build_service(root)?,
+        _ => build_service(root, cross_compile)?,
     };
     let module = match cross.join("usrbd.ko") {
         p if newer_than_sources(&p, &[root.join("kmod")])
@@ -54,8 +56,9 @@ pub fn prepare(
             step(&format!("module: {} (vermagic {kernel})", p.display()));
             p
         }
-        _ => build_module(root, work, kdir, kernel)?,
+        _ => build_module(root, work, kdir, kernel, cross_compile)?,
     };
+    check_static_aarch64(&service)?;
     Ok(Payload {
         service,
         module,
@@ -64,38 +67,37 @@ pub fn prepare(
     })
 }
 
-fn build_service(root: &Path) -> Result<PathBuf> {
+fn build_service(root: &Path, cross_compile: &Path) -> Result<PathBuf> {
     step("service: cargo build --release -p usrbd --target aarch64-unknown-linux-gnu (static)");
     host::run(
         Command::new("rustup")
             .args(["target", "add", "aarch64-unknown-linux-gnu"])
             .current_dir(root),
     )?;
+    // Our own target dir: other tasks build the same target with other
+    // features or linkers, and sharing would rebuild both sides each time.
+    let target_dir = root.join("target/image/cargo");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     host::run(
         Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "usrbd",
-                "--bin",
-                "usrbd",
-                "--target",
-                "aarch64-unknown-linux-gnu",
-            ])
+            .args(["build", "--release", "-p", "usrbd", "--bin", "usrbd"])
+            .args(["--target", "aarch64-unknown-linux-gnu", "--target-dir"])
+            .arg(&target_dir)
             .env(
                 "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
-                "aarch64-linux-gnu-gcc",
+                format!("{}gcc", cross_compile.display()),
             )
-            // Per-target flags leave the host build's cache alone.
+            // RUSTFLAGS from the caller would replace ours and drop
+            // crt-static: the image has no C library to link against.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env(
                 "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
                 "-C target-feature=+crt-static",
             )
             .current_dir(root),
     )?;
-    let bin = root.join("target/aarch64-unknown-linux-gnu/release/usrbd");
+    let bin = target_dir.join("aarch64-unknown-linux-gnu/release/usrbd");
     step(&format!(
         "service: {} ({})",
         bin.display(),
@@ -104,9 +106,51 @@ fn build_service(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Fails unless `bin` is a static aarch64 ELF executable (no program
+/// interpreter): the image carries no C library.
+fn check_static_aarch64(bin: &Path) -> Result<()> {
+    let elf = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    // ELFCLASS64, little endian, e_machine EM_AARCH64 (183).
+    if !elf.starts_with(b"\x7fELF\x02\x01") || u16_at(18) != Some(183) {
+        bail!(
+            "{} is not a 64-bit little-endian aarch64 ELF file",
+            bin.display()
+        );
+    }
+    let phoff = u64_at(32).context("truncated ELF header")? as usize;
+    let phentsize = usize::from(u16_at(54).context("truncated ELF header")?);
+    let phnum = usize::from(u16_at(56).context("truncated ELF header")?);
+    for i in 0..phnum {
+        const PT_INTERP: u32 = 3;
+        if u32_at(phoff + i * phentsize) == Some(PT_INTERP) {
+            bail!(
+                "{} is dynamically linked; the image needs a static binary",
+                bin.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Builds usrbd.ko in a copy of kmod/, so an x86 build running in kmod/ at
 /// the same time never sees our arm64 objects.
-fn build_module(root: &Path, work: &Path, kdir: &Path, kernel: &str) -> Result<PathBuf> {
+fn build_module(
+    root: &Path,
+    work: &Path,
+    kdir: &Path,
+    kernel: &str,
+    cross_compile: &Path,
+) -> Result<PathBuf> {
     let src = root.join("kmod");
     if !src.join("Makefile").is_file() {
         bail!(
@@ -127,7 +171,9 @@ fn build_module(root: &Path, work: &Path, kdir: &Path, kernel: &str) -> Result<P
             .arg("-C")
             .arg(&copy)
             .arg(format!("KDIR={}", kdir.display()))
-            .args(["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]),
+            .arg("ARCH=arm64")
+            .arg(format!("CROSS_COMPILE={}", cross_compile.display()))
+            .arg("-j2"),
     )?;
     let ko = copy.join("usrbd.ko");
     if !ko.is_file() {
@@ -198,4 +244,35 @@ fn is_build_product(name: &str) -> bool {
 fn vermagic(ko: &Path) -> Result<String> {
     let out = host::capture(host::tool("modinfo").args(["-F", "vermagic"]).arg(ko))?;
     Ok(out.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF64 header with one program header of type `p_type`.
+    fn elf(machine: u16, p_type: u32) -> Vec<u8> {
+        let mut e = vec![0u8; 64 + 56];
+        e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        e[18..20].copy_from_slice(&machine.to_le_bytes());
+        e[32..40].copy_from_slice(&64u64.to_le_bytes());
+        e[54..56].copy_from_slice(&56u16.to_le_bytes());
+        e[56..58].copy_from_slice(&1u16.to_le_bytes());
+        e[64..68].copy_from_slice(&p_type.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn static_check_rejects_interpreter_and_other_arches() {
+        let dir = std::env::temp_dir().join(format!("usrbd-elf-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bin");
+        fs::write(&path, elf(183, 1)).unwrap();
+        assert!(check_static_aarch64(&path).is_ok());
+        fs::write(&path, elf(183, 3)).unwrap();
+        assert!(check_static_aarch64(&path).is_err());
+        fs::write(&path, elf(62, 1)).unwrap();
+        assert!(check_static_aarch64(&path).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
