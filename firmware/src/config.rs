@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::ConfigError;
+use crate::export::{Udc, UsbConfig};
 use crate::panel::{ButtonSpec, LedSpec, PanelConfig};
 use crate::uapi::*;
 
@@ -140,6 +141,7 @@ pub struct FileConfig {
     pub backend: BackendSection,
     pub panel: PanelSection,
     pub server: ServerSection,
+    pub usb: UsbSection,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -185,6 +187,19 @@ pub struct ServerSection {
     pub export: Option<Export>,
 }
 
+/// The USB drive (`[server] export = "usb"`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsbSection {
+    pub udc: Option<String>,
+    pub vendor_id: Option<u16>,
+    pub product_id: Option<u16>,
+    pub manufacturer: Option<String>,
+    pub product: Option<String>,
+    pub serial: Option<String>,
+    pub read_only: Option<bool>,
+}
+
 impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -226,6 +241,7 @@ pub struct Overrides {
     pub debounce_ms: Option<u32>,
     pub poweroff_cmd: Option<String>,
     pub export: Option<Export>,
+    pub udc: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,6 +269,8 @@ pub struct ServiceConfig {
     pub panel: PanelConfig,
     pub poweroff_cmd: String,
     pub socket: PathBuf,
+    /// `Some` when the device is exported as a USB drive.
+    pub usb: Option<UsbConfig>,
 }
 
 fn invalid(
@@ -397,16 +415,10 @@ impl ServiceConfig {
             .unwrap_or_else(|| "poweroff".into());
 
         let s = file.server;
-        match o.export.or(s.export).unwrap_or(Export::None) {
-            Export::None => {}
-            Export::Usb => {
-                return Err(invalid(
-                    "server.export (--export)",
-                    "usb",
-                    "none (USB gadget export is not implemented yet)",
-                ))
-            }
-        }
+        let usb = match o.export.or(s.export).unwrap_or(Export::None) {
+            Export::None => None,
+            Export::Usb => Some(usb_config(file.usb, o.udc, read_only)?),
+        };
         let socket = o
             .socket
             .or(s.socket)
@@ -427,8 +439,60 @@ impl ServiceConfig {
             panel,
             poweroff_cmd,
             socket,
+            usb,
         })
     }
+}
+
+/// Longest USB string descriptor text (126 UTF-16 units in 254 bytes).
+const USB_STRING_MAX: usize = 126;
+
+fn usb_string(
+    key: &'static str,
+    v: Option<String>,
+    default: String,
+) -> Result<String, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v.is_empty() || v.chars().count() > USB_STRING_MAX || v.chars().any(char::is_control) {
+        return Err(invalid(
+            key,
+            &v,
+            format!("1 to {USB_STRING_MAX} printable characters"),
+        ));
+    }
+    Ok(v)
+}
+
+fn usb_config(
+    u: UsbSection,
+    udc_flag: Option<String>,
+    device_read_only: bool,
+) -> Result<UsbConfig, ConfigError> {
+    let d = UsbConfig::default();
+    let udc = match udc_flag.or(u.udc) {
+        None => Udc::Auto,
+        Some(n) => n.parse().map_err(|why: String| {
+            invalid(
+                "usb.udc (--udc)",
+                &n,
+                format!("auto or a name from /sys/class/udc ({why})"),
+            )
+        })?,
+    };
+    let serial = match u.serial {
+        None => None,
+        Some(s) => Some(usb_string("usb.serial", Some(s), String::new())?),
+    };
+    Ok(UsbConfig {
+        udc,
+        vendor_id: u.vendor_id.unwrap_or(d.vendor_id),
+        product_id: u.product_id.unwrap_or(d.product_id),
+        manufacturer: usb_string("usb.manufacturer", u.manufacturer, d.manufacturer)?,
+        product: usb_string("usb.product", u.product, d.product)?,
+        serial,
+        // A read-only device can only be offered read-only.
+        read_only: device_read_only || u.read_only.unwrap_or(false),
+    })
 }
 
 /// `/run/usrbd/<name>.sock`.
@@ -543,10 +607,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("backend.path"), "{e}");
-        let e = resolve("[server]\nexport = \"usb\"\n", Overrides::default())
+        let e = parse("[server]\nexport = \"disk\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("server.export") && e.contains("none"), "{e}");
+        assert!(e.contains("disk") && e.contains("usb"), "{e}");
         let e = resolve("[device]\nname = \"a/b\"\n", Overrides::default())
             .unwrap_err()
             .to_string();
@@ -555,6 +619,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("panel.long_press_ms"), "{e}");
+    }
+
+    #[test]
+    fn usb_export_defaults_and_overrides() {
+        let c = resolve("[server]\nexport = \"usb\"\n", Overrides::default()).unwrap();
+        assert_eq!(c.usb, Some(UsbConfig::default()));
+        assert_eq!(resolve("", Overrides::default()).unwrap().usb, None);
+        let t = "[device]\nread_only = true\n[server]\nexport = \"none\"\n[usb]\nudc = \"fe980000.usb\"\nvendor_id = 0x1234\nproduct_id = 0xabcd\nmanufacturer = \"Acme\"\nproduct = \"Stick\"\nserial = \"00C0FFEE0001\"\n";
+        let o = Overrides {
+            export: Some(Export::Usb),
+            ..Default::default()
+        };
+        let u = resolve(t, o).unwrap().usb.unwrap();
+        assert_eq!(u.udc, Udc::Named("fe980000.usb".into()));
+        assert_eq!((u.vendor_id, u.product_id), (0x1234, 0xabcd));
+        assert_eq!(
+            (u.manufacturer.as_str(), u.product.as_str()),
+            ("Acme", "Stick")
+        );
+        assert_eq!(u.serial.as_deref(), Some("00C0FFEE0001"));
+        assert!(u.read_only, "a read-only device is exported read-only");
+        let o = Overrides {
+            export: Some(Export::Usb),
+            udc: Some("dummy_udc.0".into()),
+            ..Default::default()
+        };
+        let u = resolve(t, o).unwrap().usb.unwrap();
+        assert_eq!(u.udc, Udc::Named("dummy_udc.0".into()), "--udc wins");
+    }
+
+    #[test]
+    fn bad_usb_values_name_the_key() {
+        let usb = |body: &str| {
+            resolve(
+                &format!("[server]\nexport = \"usb\"\n[usb]\n{body}\n"),
+                Overrides::default(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = usb("udc = \"\"");
+        assert!(e.contains("usb.udc") && e.contains("auto"), "{e}");
+        let e = usb("product = \"\"");
+        assert!(e.contains("usb.product"), "{e}");
+        let e = usb(&format!("manufacturer = \"{}\"", "x".repeat(127)));
+        assert!(e.contains("usb.manufacturer") && e.contains("126"), "{e}");
+        let e = usb("vendor_id = 70000");
+        assert!(e.contains("vendor_id"), "{e}");
+        let e = usb("speed = 3");
+        assert!(e.contains("speed") && e.contains("udc"), "{e}");
     }
 
     #[test]

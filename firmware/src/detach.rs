@@ -1,5 +1,5 @@
-//! The detach sequence: stop local users, flush, graceful destroy while the
-//! workers keep serving, final sync, "safe to remove".
+//! The detach sequence: stop local users, eject the USB medium, flush, graceful
+//! destroy while the workers keep serving, final sync, "safe to remove".
 //!
 //! The order is the point: nothing is torn down before every acknowledged write
 //! can reach the backend. The steps act through [`DetachOps`] so the ordering is
@@ -17,6 +17,12 @@ pub trait DetachOps {
     fn mounts(&mut self) -> Result<Vec<PathBuf>, DetachError>;
     /// Unmounts one mount point; never lazily. EBUSY is [`DetachError::Busy`].
     fn unmount(&mut self, mountpoint: &Path) -> Result<(), DetachError>;
+    /// Takes the medium away from a USB host (forced eject); nothing without
+    /// a USB export. The host sees the medium removed and stops writing.
+    fn eject_exports(&mut self) -> Result<(), DetachError>;
+    /// Waits, with a deadline, until the exports no longer hold the device
+    /// open (the gadget finished its last command and closed it).
+    fn wait_exports_released(&mut self) -> Result<(), DetachError>;
     /// Opens the block device and fsyncs it (page cache, then a FLUSH request).
     fn flush_device(&mut self) -> Result<(), DetachError>;
     /// Graceful destroy through the module; returns once in-flight I/O drained.
@@ -81,10 +87,14 @@ pub fn detach(ops: &mut dyn DetachOps, progress: &mut Progress) -> Result<Outcom
 
 fn run(ops: &mut dyn DetachOps, progress: &mut Progress) -> Result<Outcome, DetachError> {
     if !progress.destroyed {
+        // Local mounts first: a busy one refuses the detach before the USB
+        // host loses its medium, so a refused detach changes nothing.
         for m in ops.mounts()? {
             info!("detach: unmounting {}", m.display());
             ops.unmount(&m)?;
         }
+        ops.eject_exports()?;
+        ops.wait_exports_released()?;
         info!("detach: flushing the block device");
         ops.flush_device()?;
         info!("detach: graceful destroy");
@@ -112,6 +122,8 @@ mod tests {
     enum Ev {
         Mounts,
         Unmount(usize),
+        Eject,
+        Released,
         Flush,
         Destroy,
         Join,
@@ -128,6 +140,10 @@ mod tests {
         destroy_fails: bool,
         finish_fails: u32,
         serving: bool,
+        /// A USB host has the medium; `usb_stuck`: the gadget never closes it.
+        usb: bool,
+        usb_loaded: bool,
+        usb_stuck: bool,
         log: Vec<Ev>,
     }
 
@@ -153,6 +169,22 @@ mod tests {
             self.mounted[i] = false;
             Ok(())
         }
+        fn eject_exports(&mut self) -> Result<(), DetachError> {
+            self.log.push(Ev::Eject);
+            self.usb_loaded = false;
+            Ok(())
+        }
+        fn wait_exports_released(&mut self) -> Result<(), DetachError> {
+            self.log.push(Ev::Released);
+            if self.usb && self.usb_stuck {
+                return Err(DetachError::StillOpen {
+                    path: "/dev/usrbd0".into(),
+                    openers: 1,
+                    waited_ms: 10_000,
+                });
+            }
+            Ok(())
+        }
         fn flush_device(&mut self) -> Result<(), DetachError> {
             self.log.push(Ev::Flush);
             if self.flush_fails {
@@ -165,7 +197,8 @@ mod tests {
         }
         fn destroy(&mut self) -> Result<(), DetachError> {
             self.log.push(Ev::Destroy);
-            if self.destroy_fails {
+            // The kernel refuses a graceful destroy while the gadget holds the device.
+            if self.destroy_fails || self.usb_loaded {
                 return Err(DetachError::Destroy(crate::error::DeviceError::Ioctl {
                     op: "USRBD_IOC_DESTROY".into(),
                     errno: Errno::ETIMEDOUT,
@@ -211,6 +244,8 @@ mod tests {
                 Ev::Report(Phase::Detaching),
                 Ev::Mounts,
                 Ev::Unmount(0),
+                Ev::Eject,
+                Ev::Released,
                 Ev::Flush,
                 Ev::Destroy,
                 Ev::Join,
@@ -225,6 +260,70 @@ mod tests {
             "a second detach must do nothing: {:?}",
             f.log
         );
+    }
+
+    #[test]
+    fn usb_eject_comes_before_flush_and_destroy() {
+        let mut f = Fake {
+            serving: true,
+            usb: true,
+            usb_loaded: true,
+            ..Default::default()
+        };
+        let mut p = Progress::default();
+        assert_eq!(detach(&mut f, &mut p).unwrap(), Outcome::Detached);
+        assert_eq!(
+            f.log,
+            vec![
+                Ev::Report(Phase::Detaching),
+                Ev::Mounts,
+                Ev::Eject,
+                Ev::Released,
+                Ev::Flush,
+                Ev::Destroy,
+                Ev::Join,
+                Ev::Finish,
+                Ev::Report(Phase::Safe)
+            ]
+        );
+        assert!(!f.usb_loaded && !f.serving);
+    }
+
+    #[test]
+    fn a_gadget_that_keeps_the_device_open_stops_the_detach_before_the_flush() {
+        let mut f = Fake {
+            serving: true,
+            usb: true,
+            usb_loaded: true,
+            usb_stuck: true,
+            ..Default::default()
+        };
+        let mut p = Progress::default();
+        let e = detach(&mut f, &mut p).unwrap_err();
+        assert!(matches!(e, DetachError::StillOpen { .. }), "{e}");
+        assert!(e.to_string().contains("/dev/usrbd0"), "{e}");
+        assert!(f.serving);
+        assert_eq!(pos(&f.log, Ev::Flush), None);
+        assert_eq!(pos(&f.log, Ev::Destroy), None);
+        assert_eq!(f.log.last(), Some(&Ev::Report(Phase::FailedServing)));
+        f.usb_stuck = false;
+        assert_eq!(detach(&mut f, &mut p).unwrap(), Outcome::Detached);
+    }
+
+    #[test]
+    fn a_busy_local_mount_refuses_before_the_usb_host_loses_its_medium() {
+        let mut f = Fake {
+            mounted: vec![true],
+            busy: vec![true],
+            serving: true,
+            usb: true,
+            usb_loaded: true,
+            ..Default::default()
+        };
+        let mut p = Progress::default();
+        assert!(detach(&mut f, &mut p).is_err());
+        assert_eq!(pos(&f.log, Ev::Eject), None);
+        assert!(f.usb_loaded);
     }
 
     #[test]
@@ -273,6 +372,8 @@ mod tests {
             destroy_fails in any::<bool>(),
             finish_fails in 0u32..3,
             attempts in 1usize..4,
+            usb in any::<bool>(),
+            usb_stuck in any::<bool>(),
         ) {
             let mut f = Fake {
                 mounted: mounts.iter().map(|m| m.0).collect(),
@@ -281,6 +382,9 @@ mod tests {
                 destroy_fails,
                 finish_fails,
                 serving: true,
+                usb,
+                usb_loaded: usb,
+                usb_stuck,
                 log: Vec::new(),
             };
             let mut p = Progress::default();
@@ -304,6 +408,15 @@ mod tests {
                 if *e == Ev::Join {
                     prop_assert!(log[..i].contains(&Ev::Destroy));
                 }
+                // The flush only once the USB host lost the medium and let go.
+                if *e == Ev::Flush {
+                    prop_assert!(log[..i].contains(&Ev::Eject));
+                    prop_assert!(!(usb && usb_stuck));
+                }
+                // No eject while a busy local mount refuses the detach.
+                if *e == Ev::Eject {
+                    prop_assert!(!busy_mounted);
+                }
             }
             // A busy mount: nothing torn down, still serving, reported so.
             if busy_mounted {
@@ -317,7 +430,8 @@ mod tests {
                 prop_assert!(log.iter().filter(|e| **e == Ev::Destroy).count() <= 1);
             }
             // Success exactly when every step could succeed within the attempts.
-            let can = !busy_mounted && !flush_fails && !destroy_fails
+            let usb_blocks = usb && usb_stuck;
+            let can = !(busy_mounted || flush_fails || destroy_fails || usb_blocks)
                 && (finish_fails as usize) < attempts;
             prop_assert_eq!(p.finished, can);
             if can {

@@ -108,6 +108,42 @@ pub enum DetachError {
     Worker(String),
     #[error("final sync of the backend: {0}")]
     Finish(#[source] BackendError),
+    #[error("USB export: {0}")]
+    Export(#[source] ExportError),
+    #[error("reading the device status: {0}")]
+    Status(#[source] DeviceError),
+    #[error("{} is still open {openers} time(s) {waited_ms} ms after the USB eject; the device keeps serving", path.display())]
+    StillOpen {
+        path: PathBuf,
+        openers: u32,
+        waited_ms: u64,
+    },
+}
+
+/// Setting up, driving and removing the USB mass-storage gadget.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mounting configfs on {}: {errno}", path.display())]
+    Mount { path: PathBuf, errno: Errno },
+    #[error("{} does not exist after loading libcomposite: this kernel has no USB gadget support", path.display())]
+    NoGadgetSupport { path: PathBuf },
+    #[error("no USB device controller in {} (Pi: dtoverlay=dwc2 and the USB data/OTG port; VM: modprobe dummy_hcd)", dir.display())]
+    NoUdc { dir: PathBuf },
+    #[error("several USB device controllers in {} ({}); name one with usb.udc (--udc)", dir.display(), list.join(", "))]
+    AmbiguousUdc { dir: PathBuf, list: Vec<String> },
+    #[error("USB device controller `{name}` is not in {} (present: {})", dir.display(), list.join(", "))]
+    UnknownUdc {
+        name: String,
+        dir: PathBuf,
+        list: Vec<String>,
+    },
 }
 
 /// The control socket.
@@ -137,6 +173,8 @@ pub enum ServiceError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Ipc(#[from] IpcError),
+    #[error("USB export: {0}")]
+    Export(#[from] ExportError),
     #[error("setting up signal handling: {0}")]
     Signals(#[source] Errno),
     #[error("starting the {what} thread: {source}")]

@@ -1,5 +1,5 @@
-//! `usrbd serve`: one device, its workers, the panel, the signals and the control
-//! socket, driven by one command loop.
+//! `usrbd serve`: one device, its workers, the panel, the signals, the control
+//! socket and, with `export = "usb"`, the USB gadget, driven by one command loop.
 //!
 //! Detach and attach run on the main thread, one at a time, so they never race;
 //! status requests are answered from [`Shared`] by the socket threads directly, so
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use nix::errno::Errno;
@@ -25,6 +25,7 @@ use crate::config::{BackendConfig, ServiceConfig};
 use crate::detach::{self, DetachOps, Phase, Progress};
 use crate::device::{state_name, Control, CreateParams, DeviceInfo};
 use crate::error::{DetachError, ServiceError};
+use crate::export::usb_gadget::{self, HostState, Roots, UsbGadget, UsbProbe};
 use crate::ipc::{self, Request, Response};
 use crate::panel::{ApplianceState, ButtonEvent, Panel, PanelHandle};
 use crate::server::{self, Stats, Workers};
@@ -60,7 +61,13 @@ pub struct Shared {
     panel: Option<PanelHandle>,
     ctrl: Arc<Control>,
     name: String,
+    /// The USB gadget, as the status report and the LEDs look at it.
+    usb: Option<UsbProbe>,
 }
+
+/// How long the detach waits for the USB gadget to close the device after the
+/// eject; the gadget finishes the command in progress first.
+const USB_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 struct Snapshot {
@@ -127,7 +134,29 @@ impl Shared {
         if let Some(e) = snap.error {
             v["error"] = Value::String(e);
         }
+        if let Some(u) = &self.usb {
+            v["usb"] = json!({
+                "udc": u.udc,
+                "host": u.host_state().map_or_else(|e| e.to_string(), |h| h.as_str().to_owned()),
+                "medium": u.medium().ok().flatten(),
+            });
+        }
         v
+    }
+
+    /// The serving pattern: with a USB export, "waiting for host" until a host
+    /// configured the drive.
+    fn serving_pattern(&self) -> ApplianceState {
+        serving_pattern(self.usb.as_ref().map(UsbProbe::host_state))
+    }
+}
+
+/// See [`Shared::serving_pattern`]; an unreadable UDC state shows as serving,
+/// the device does serve.
+fn serving_pattern(host: Option<Result<HostState, crate::error::ExportError>>) -> ApplianceState {
+    match host {
+        Some(Ok(HostState::Other(_))) => ApplianceState::WaitingForHost,
+        None | Some(Ok(HostState::Configured)) | Some(Err(_)) => ApplianceState::Serving,
     }
 }
 
@@ -205,6 +234,15 @@ pub fn run(cfg: ServiceConfig) -> Result<(), ServiceError> {
         version.max_io_bytes
     );
     let backend = open_backend(&cfg)?;
+    // Before anything serves: without its gadget the appliance is no USB drive.
+    let usb = match &cfg.usb {
+        Some(u) => {
+            let roots = Roots::default();
+            usb_gadget::prepare_kernel(&roots)?;
+            Some(UsbGadget::setup(usb_gadget::RealFs, &roots, u)?)
+        }
+        None => None,
+    };
 
     let (btn_tx, btn_rx) = mpsc::channel();
     let panel = match Panel::start(&cfg.panel, btn_tx) {
@@ -225,20 +263,28 @@ pub fn run(cfg: ServiceConfig) -> Result<(), ServiceError> {
         panel: panel.as_ref().map(Panel::handle),
         ctrl,
         name: cfg.name.clone(),
+        usb: usb.as_ref().map(UsbGadget::probe),
     });
     shared.show(ServiceState::Starting, ApplianceState::Starting, None);
 
     let (tx, rx) = mpsc::channel();
     spawn_signal_thread(sigs, tx.clone(), Arc::clone(&shared))?;
     spawn_button_thread(btn_rx, tx.clone(), Arc::clone(&shared))?;
-    let listener = ipc::bind(&cfg.socket)?;
-    let socket = cfg.socket.clone();
     let mut svc = Service {
         cfg,
         shared: Arc::clone(&shared),
         workers: None,
         progress: Progress::default(),
+        usb,
     };
+    let listener = match ipc::bind(&svc.cfg.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            svc.remove_gadget();
+            return Err(e.into());
+        }
+    };
+    let socket = svc.cfg.socket.clone();
     let started = svc.attach();
     if let Err(e) = &started {
         shared.show(
@@ -262,6 +308,7 @@ pub fn run(cfg: ServiceConfig) -> Result<(), ServiceError> {
         }
         Err(e) => Err(e),
     };
+    svc.remove_gadget();
     if let Err(e) = std::fs::remove_file(&socket) {
         warn!("removing {}: {e}", socket.display());
     }
@@ -393,15 +440,52 @@ struct Service {
     shared: Arc<Shared>,
     workers: Option<Workers>,
     progress: Progress,
+    usb: Option<UsbGadget>,
 }
 
 impl Service {
+    /// Unbinds and removes the USB gadget: the host sees the drive unplugged.
+    fn remove_gadget(&mut self) {
+        if let Some(g) = self.usb.take() {
+            if let Err(e) = g.teardown() {
+                error!("removing the USB gadget: {e}");
+            }
+        }
+    }
+
+    /// Follows the host (configured or not) on the status LED while serving.
+    fn check_host(&self) {
+        let (state, error) = {
+            let s = self.shared.lock();
+            (s.state, s.error.is_some())
+        };
+        if self.usb.is_none() || state != ServiceState::Serving || error {
+            return;
+        }
+        if let Some(p) = &self.shared.panel {
+            p.set_state(self.shared.serving_pattern());
+        }
+    }
+
+    /// Puts the medium back after a detach that stopped before the destroy, so
+    /// the host keeps the drive it had, as the local side keeps its device.
+    fn reload_medium(&mut self, dev: &DeviceInfo) {
+        let Some(g) = self.usb.as_mut() else { return };
+        if matches!(g.probe().medium(), Ok(Some(_))) {
+            return;
+        }
+        if let Err(e) = g.load(&dev.path()) {
+            error!("usb: loading the medium again after the failed detach: {e}");
+        }
+    }
+
     fn main_loop(&mut self, rx: &Receiver<Command>) {
         loop {
             let cmd = match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
                     self.check_workers();
+                    self.check_host();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -545,11 +629,24 @@ impl Service {
                 return Err(e.into());
             }
         };
+        if let Some(g) = self.usb.as_mut() {
+            if let Err(e) = g.load(&dev.path()) {
+                // Nobody has used the new device yet: taking it down loses nothing.
+                if let Err(d) = ctrl.destroy(dev.index, true, 0) {
+                    error!("cleaning up {} after a failed attach: {d}", dev.name);
+                }
+                workers.stop();
+                if let Err(j) = workers.join() {
+                    error!("workers of {} after a failed attach: {j}", dev.name);
+                }
+                return Err(e.into());
+            }
+        }
         self.workers = Some(workers);
         self.progress = Progress::default();
         self.shared.lock().device = Some(dev.clone());
         self.shared
-            .show(ServiceState::Serving, ApplianceState::Serving, None);
+            .show(ServiceState::Serving, self.shared.serving_pattern(), None);
         info!("usrbd: serving {}", dev.path().display());
         Ok(())
     }
@@ -572,6 +669,9 @@ impl Service {
             &mut progress,
         );
         self.progress = progress;
+        if r.is_err() && !progress.destroyed {
+            self.reload_medium(&dev);
+        }
         let mut snap = self.shared.lock();
         if progress.destroyed {
             snap.device = None;
@@ -595,6 +695,12 @@ impl Service {
             Err(e) => e,
         };
         error!("workers stopped: {why}");
+        if let Some(g) = self.usb.as_mut() {
+            // The gadget would hold the dead device open for ever.
+            if let Err(e) = g.eject() {
+                error!("{e}");
+            }
+        }
         self.shared.lock().device = None;
         if let Err(e) = self.shared.backend.finish() {
             error!("final sync: {e}");
@@ -698,6 +804,48 @@ impl DetachOps for RealOps<'_> {
         }
     }
 
+    fn eject_exports(&mut self) -> Result<(), DetachError> {
+        match self.svc.usb.as_mut() {
+            Some(g) => {
+                info!("detach: ejecting the USB medium");
+                g.eject().map_err(DetachError::Export)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn wait_exports_released(&mut self) -> Result<(), DetachError> {
+        if self.svc.usb.is_none() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        loop {
+            let openers = self
+                .svc
+                .shared
+                .ctrl
+                .status(self.dev.index)
+                .map_err(DetachError::Status)?
+                .openers;
+            if openers == 0 {
+                info!(
+                    "detach: the USB gadget let go of {} after {} ms",
+                    self.dev.name,
+                    start.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+            if start.elapsed() >= USB_RELEASE_TIMEOUT {
+                return Err(DetachError::StillOpen {
+                    path: self.dev.path(),
+                    openers,
+                    waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn flush_device(&mut self) -> Result<(), DetachError> {
         let path = self.dev.path();
         let err = |source| DetachError::Flush {
@@ -752,7 +900,7 @@ impl DetachOps for RealOps<'_> {
             Phase::Safe => shared.show(ServiceState::Safe, ApplianceState::Safe, None),
             Phase::FailedServing => shared.show(
                 ServiceState::Error,
-                ApplianceState::Serving,
+                shared.serving_pattern(),
                 Some(err().unwrap_or_else(|| "detach failed; still serving".into())),
             ),
             Phase::FailedDown => shared.show(

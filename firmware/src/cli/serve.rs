@@ -13,7 +13,8 @@ use usrbd::panel::{ButtonSpec, LedSpec};
 ///
 /// Flags override the config file. Logs go to stderr (RUST_LOG, default info);
 /// `usrbd: serving /dev/<name>` is logged once the device serves. SIGTERM or SIGINT
-/// detaches (unmount, flush, graceful destroy, final sync) and exits 0; a second
+/// detaches (unmount, USB eject, flush, graceful destroy, final sync) and exits 0;
+/// with --export usb the USB gadget is removed on exit. A second
 /// SIGINT destroys the device by force and exits.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -82,9 +83,14 @@ pub struct ServeArgs {
     /// Shell command a long press runs after the detach [default: poweroff]
     #[arg(long, value_name = "CMD")]
     poweroff_cmd: Option<String>,
-    /// Export the device to a USB host too: none (usb is not implemented yet)
+    /// Also offer the device to a USB host as a drive (configfs mass-storage
+    /// gadget; the [usb] section of the config sets its identity) [default: none]
     #[arg(long, value_name = "none|usb")]
     export: Option<Export>,
+    /// USB device controller for --export usb: auto (the only one in
+    /// /sys/class/udc) or its name [default: auto]
+    #[arg(long, value_name = "NAME")]
+    udc: Option<String>,
 }
 
 impl ServeArgs {
@@ -111,6 +117,7 @@ impl ServeArgs {
             debounce_ms: self.debounce_ms,
             poweroff_cmd: self.poweroff_cmd.clone(),
             export: self.export,
+            udc: self.udc.clone(),
         }
     }
 }

@@ -45,15 +45,18 @@ pub enum ApplianceState {
     Detaching,
     Safe,
     Error,
+    /// Serving, exported over USB, but no host has configured the drive yet.
+    WaitingForHost,
 }
 
 impl ApplianceState {
-    const ALL: [ApplianceState; 5] = [
+    const ALL: [ApplianceState; 6] = [
         ApplianceState::Starting,
         ApplianceState::Serving,
         ApplianceState::Detaching,
         ApplianceState::Safe,
         ApplianceState::Error,
+        ApplianceState::WaitingForHost,
     ];
 
     fn to_u8(self) -> u8 {

@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | starting | blinks 2 Hz | I/O in the last ~50 ms | off |
 //! | serving | on; without an activity LED, off for ~30 ms per I/O burst (at most 5 Hz) | I/O in the last ~50 ms | off |
+//! | waiting for host (USB export, no host configured it) | blinks 0.5 Hz | I/O in the last ~50 ms | off |
 //! | detaching (syncing) | blinks 8 Hz | I/O in the last ~50 ms | off |
 //! | safe to remove | off | off | off |
 //! | error | blinks 1 Hz | I/O in the last ~50 ms | on |
@@ -27,6 +28,7 @@ pub const FLICKER_PERIOD_MS: u64 = 200;
 pub const STARTING_PERIOD_MS: u64 = 500;
 pub const DETACHING_PERIOD_MS: u64 = 125;
 pub const ERROR_PERIOD_MS: u64 = 1000;
+pub const WAITING_PERIOD_MS: u64 = 2000;
 
 /// Levels of the three LEDs; `true` is lit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,13 +111,21 @@ pub fn levels(
             activity: io,
             error: true,
         },
+        ApplianceState::WaitingForHost => Levels {
+            status: blink(in_state_ms, WAITING_PERIOD_MS),
+            activity: io,
+            error: error_flag,
+        },
     }
 }
 
 /// The levels left on the LEDs when the panel stops: no blinking, no activity.
 pub fn steady(state: ApplianceState, error_flag: bool) -> Levels {
     Levels {
-        status: state == ApplianceState::Serving,
+        status: matches!(
+            state,
+            ApplianceState::Serving | ApplianceState::WaitingForHost
+        ),
         activity: false,
         error: error_flag || state == ApplianceState::Error,
     }
@@ -124,7 +134,10 @@ pub fn steady(state: ApplianceState, error_flag: bool) -> Levels {
 /// Whether the levels may change within the next idle tick (so the panel ticks fast).
 pub fn animated(state: ApplianceState, now: u64, activity: &Activity) -> bool {
     match state {
-        ApplianceState::Starting | ApplianceState::Detaching | ApplianceState::Error => true,
+        ApplianceState::Starting
+        | ApplianceState::Detaching
+        | ApplianceState::Error
+        | ApplianceState::WaitingForHost => true,
         ApplianceState::Serving => Activity::within(
             activity.last_io,
             now,
@@ -163,15 +176,20 @@ mod tests {
         assert_eq!(toggles(Starting), 3); // 2 Hz: on/off/on/off over 1 s
         assert_eq!(toggles(Detaching), 15); // 8 Hz
         assert_eq!(toggles(Error), 1); // 1 Hz
+        assert_eq!(toggles(WaitingForHost), 0); // 0.5 Hz: lit the whole first second
         assert_eq!(toggles(Serving), 0);
         assert_eq!(toggles(Safe), 0);
-        for s in [Starting, Detaching, Error] {
+        for s in [Starting, Detaching, Error, WaitingForHost] {
             assert!(at(s, 0).status, "{s:?} blinks start lit");
         }
         assert!(!at(Starting, 250).status);
         assert!(at(Starting, 500).status);
         assert!(!at(Detaching, 63).status);
         assert!(!at(Error, 500).status);
+        assert!(at(WaitingForHost, 999).status);
+        assert!(!at(WaitingForHost, 1000).status);
+        assert!(!at(WaitingForHost, 1999).status);
+        assert!(at(WaitingForHost, 2000).status);
     }
 
     #[test]
@@ -193,7 +211,7 @@ mod tests {
 
     #[test]
     fn error_flag_lights_error_led_in_every_state() {
-        for s in [Starting, Serving, Detaching, Safe, Error] {
+        for s in ApplianceState::ALL {
             let l = levels(s, 0, 0, &Activity::default(), true, true);
             assert!(l.error, "{s:?}");
         }
@@ -237,9 +255,20 @@ mod tests {
     }
 
     #[test]
+    fn waiting_for_host_shows_transfers_and_errors() {
+        let mut a = Activity::default();
+        a.observe(5000);
+        let l = levels(WaitingForHost, 0, 5010, &a, false, true);
+        assert!(l.activity && !l.error);
+        assert!(levels(WaitingForHost, 0, 5010, &a, true, true).error);
+        assert!(animated(WaitingForHost, 99_999, &Activity::default()));
+    }
+
+    #[test]
     fn steady_levels_when_stopping() {
         assert_eq!(steady(Safe, false), Levels::default());
         assert!(steady(Serving, false).status);
+        assert!(steady(WaitingForHost, false).status);
         assert!(!steady(Detaching, false).status);
         assert!(steady(Error, false).error);
         assert!(steady(Safe, true).error);
