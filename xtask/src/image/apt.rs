@@ -62,6 +62,11 @@ impl Apt {
             format!("Dir::State={r}/state"),
             format!("Dir::State::status={r}/state/status"),
             format!("Dir::Cache={r}/cache"),
+            // Keep apt's binary cache even where the host disables it (Debian
+            // container images do): every query would otherwise reparse the
+            // indexes for seconds.
+            "Dir::Cache::pkgcache=pkgcache.bin".into(),
+            "Dir::Cache::srcpkgcache=srcpkgcache.bin".into(),
             "APT::Architecture=amd64".into(),
             "APT::Architectures::=amd64".into(),
             "APT::Architectures::=arm64".into(),

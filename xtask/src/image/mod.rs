@@ -28,7 +28,9 @@ use host::step;
 /// good: the service's own log line, then the init script's check.
 const SERVING_MARKER: &str = "usrbd: serving /dev/";
 const READY_MARKER: &str = "USRBD-IMAGE-READY";
-const DEFAULT_SIZE: u64 = 512 << 20;
+/// Leaves the root file system room for the RAM backend's saved image
+/// (`/data/usrbd.img`, the device size: 256 MiB by default).
+const DEFAULT_SIZE: u64 = 1 << 30;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +110,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--tier" => opts.tier = true,
             other => bail!(
                 "unknown option `{other}`\n\
-                 usage: cargo xtask image [--board rpi3-64|rpi4-64] [--size 512MiB]\n       \
+                 usage: cargo xtask image [--board rpi3-64|rpi4-64] [--size 1GiB]\n       \
                  cargo xtask run-image [--board B] [--image PATH] [--timeout SECS] [--quiet]\n       \
                  cargo xtask run-image --tier   (what `cargo xtask test` runs: build + boot rpi3-64)"
             ),

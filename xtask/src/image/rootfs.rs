@@ -52,6 +52,8 @@ pub fn stage(dir: &Path, parts: &Parts) -> Result<()> {
         fs::create_dir_all(dir.join(sub))?;
     }
     fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777))?;
+    // Init scripts keep pid files in /var/run, which is /run (a tmpfs).
+    symlink("../run", dir.join("var/run"))?;
     fs::set_permissions(dir.join("root"), fs::Permissions::from_mode(0o700))?;
 
     install(parts.busybox, &dir.join("bin/busybox"), 0o755)?;
