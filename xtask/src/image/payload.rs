@@ -143,7 +143,8 @@ fn check_static_aarch64(bin: &Path) -> Result<()> {
 }
 
 /// Builds usrbd.ko in a copy of kmod/, so an x86 build running in kmod/ at
-/// the same time never sees our arm64 objects.
+/// the same time never sees our arm64 objects. The copy persists: make
+/// rebuilds only what changed.
 fn build_module(
     root: &Path,
     work: &Path,
@@ -159,9 +160,6 @@ fn build_module(
         );
     }
     let copy = work.join("kmod");
-    if copy.exists() {
-        fs::remove_dir_all(&copy)?;
-    }
     copy_sources(&src, &copy)?;
     step(&format!(
         "module: make -C kmod ARCH=arm64 against {kernel} headers"
@@ -191,7 +189,8 @@ fn build_module(
     Ok(ko)
 }
 
-/// Copies a source tree, leaving out build products.
+/// Copies a source tree, leaving out build products. Files whose content is
+/// already there are left alone, so their mtimes do not trigger a rebuild.
 fn copy_sources(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to)?;
     for entry in fs::read_dir(from)? {
@@ -204,8 +203,11 @@ fn copy_sources(from: &Path, to: &Path) -> Result<()> {
         if entry.file_type()?.is_dir() {
             copy_sources(&path, &to.join(&name))?;
         } else {
-            fs::copy(&path, to.join(&name))
-                .with_context(|| format!("copying {}", path.display()))?;
+            let dest = to.join(&name);
+            let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if fs::read(&dest).ok().as_deref() != Some(data.as_slice()) {
+                fs::write(&dest, &data).with_context(|| format!("writing {}", dest.display()))?;
+            }
         }
     }
     Ok(())
