@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::debian::{self, Flavour};
 use super::host;
+use super::toolchain::{self, Toolchain};
 
 /// One userspace target.
 #[derive(Clone, Copy, Debug)]
@@ -15,7 +16,10 @@ pub struct Target {
     /// Directory name under `target/cross/`.
     pub name: &'static str,
     pub triple: &'static str,
-    pub linker: &'static str,
+    /// GNU triple of the cross gcc that links it.
+    pub gnu: &'static str,
+    /// Debian architecture of that gcc's target libraries.
+    pub deb_arch: &'static str,
     /// Module builds for this target: (flavour, file name of the `.ko`).
     pub modules: &'static [(Flavour, &'static str)],
 }
@@ -23,7 +27,8 @@ pub struct Target {
 pub const AARCH64: Target = Target {
     name: "aarch64",
     triple: "aarch64-unknown-linux-gnu",
-    linker: "aarch64-linux-gnu-gcc",
+    gnu: "aarch64-linux-gnu",
+    deb_arch: "arm64",
     modules: &[(debian::ARM64, "usrbd.ko")],
 };
 
@@ -32,7 +37,8 @@ pub const AARCH64: Target = Target {
 pub const ARMV7: Target = Target {
     name: "armv7",
     triple: "armv7-unknown-linux-gnueabihf",
-    linker: "arm-linux-gnueabihf-gcc",
+    gnu: "arm-linux-gnueabihf",
+    deb_arch: "armhf",
     modules: &[
         (debian::ARMMP, "usrbd.ko"),
         (debian::ARMMP_LPAE, "usrbd-lpae.ko"),
@@ -61,6 +67,11 @@ pub fn cross_dir() -> PathBuf {
     target_dir().join("cross")
 }
 
+/// The cross gcc of `target`.
+pub fn toolchain(target: Target) -> Result<Toolchain> {
+    toolchain::find(&cross_dir(), target.gnu, target.deb_arch)
+}
+
 /// `CARGO_TARGET_<TRIPLE>_LINKER`.
 fn linker_env(triple: &str) -> String {
     format!(
@@ -72,7 +83,7 @@ fn linker_env(triple: &str) -> String {
 /// Builds `usrbd` and `vmkit` for `target` as static release binaries: once
 /// with the `rpi` feature (copied as `usrbd-rpi`, proving rppal builds) and
 /// once without (the `usrbd` every other board and the VM run).
-pub fn userspace(target: Target) -> Result<()> {
+pub fn userspace(target: Target, tc: &Toolchain) -> Result<()> {
     let root = workspace_root();
     let out = cross_dir().join(target.name);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -103,7 +114,7 @@ pub fn userspace(target: Target) -> Result<()> {
                 "-p",
                 "vmkit",
             ])
-            .env(linker_env(target.triple), target.linker)
+            .env(linker_env(target.triple), tc.gcc())
             .env("RUSTFLAGS", &rustflags);
         if let Some(f) = features {
             cmd.args(["--features", f]);
@@ -118,7 +129,13 @@ pub fn userspace(target: Target) -> Result<()> {
 /// Builds `kmod/` against Debian's `ver` headers of `flavour` in a private
 /// copy of the sources (the x86 harness builds in `kmod/` itself at the same
 /// time), and copies the result to `target/cross/<target>/<ko_name>`.
-pub fn module(target: Target, flavour: Flavour, ko_name: &str, ver: &str) -> Result<()> {
+pub fn module(
+    target: Target,
+    tc: &Toolchain,
+    flavour: Flavour,
+    ko_name: &str,
+    ver: &str,
+) -> Result<()> {
     let kmod = workspace_root().join("kmod");
     if !kmod.join("Makefile").exists() {
         bail!(
@@ -144,7 +161,7 @@ pub fn module(target: Target, flavour: Flavour, ko_name: &str, ver: &str) -> Res
         "cross: make -C kmod KDIR={} ARCH={} CROSS_COMPILE={}",
         kdir.display(),
         flavour.kernel_arch,
-        flavour.cross_compile
+        tc.prefix
     );
     host::run(
         Command::new("make")
@@ -152,7 +169,7 @@ pub fn module(target: Target, flavour: Flavour, ko_name: &str, ver: &str) -> Res
             .arg(&build)
             .arg(format!("KDIR={}", kdir.display()))
             .arg(format!("ARCH={}", flavour.kernel_arch))
-            .arg(format!("CROSS_COMPILE={}", flavour.cross_compile))
+            .arg(format!("CROSS_COMPILE={}", tc.prefix))
             .arg("-j2"),
     )?;
     copy(&build.join("usrbd.ko"), &ko)

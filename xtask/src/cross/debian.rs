@@ -17,26 +17,22 @@ pub struct Flavour {
     pub arch: &'static str,
     /// The kernel's `ARCH=`.
     pub kernel_arch: &'static str,
-    pub cross_compile: &'static str,
 }
 
 pub const ARM64: Flavour = Flavour {
     name: "arm64",
     arch: "arm64",
     kernel_arch: "arm64",
-    cross_compile: "aarch64-linux-gnu-",
 };
 pub const ARMMP: Flavour = Flavour {
     name: "armmp",
     arch: "armhf",
     kernel_arch: "arm",
-    cross_compile: "arm-linux-gnueabihf-",
 };
 pub const ARMMP_LPAE: Flavour = Flavour {
     name: "armmp-lpae",
     arch: "armhf",
     kernel_arch: "arm",
-    cross_compile: "arm-linux-gnueabihf-",
 };
 
 /// Set to a version such as `6.12.107+deb12` to pin the kernel.

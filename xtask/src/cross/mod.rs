@@ -10,6 +10,7 @@ mod build;
 mod cpio;
 mod debian;
 mod host;
+mod toolchain;
 mod vm;
 
 use anyhow::{bail, Context, Result};
@@ -52,9 +53,10 @@ pub fn arm64_tier() -> Result<(usize, usize)> {
     let known = debian::known_packages()?;
     let ver = debian::pick_version(&known, debian::ARM64, true)?;
     ensure_kbuild(std::slice::from_ref(&ver))?;
-    build::userspace(AARCH64)?;
-    build::userspace(ARMV7)?;
-    build::module(AARCH64, debian::ARM64, "usrbd.ko", &ver)?;
+    let tc64 = build::toolchain(AARCH64)?;
+    build::userspace(AARCH64, &tc64)?;
+    build::userspace(ARMV7, &build::toolchain(ARMV7)?)?;
+    build::module(AARCH64, &tc64, debian::ARM64, "usrbd.ko", &ver)?;
 
     let cache = build::cross_dir();
     let root = build::workspace_root();
@@ -97,7 +99,8 @@ fn build_all() -> Result<()> {
     // Every build runs even when one fails, so one report shows them all.
     let mut failures: Vec<String> = Vec::new();
     for target in TARGETS {
-        if let Err(e) = build::userspace(target) {
+        let tc = build::toolchain(target)?;
+        if let Err(e) = build::userspace(target, &tc) {
             failures.push(format!("{} userspace: {e:#}", target.name));
         }
         for (flavour, ko_name) in target.modules {
@@ -106,7 +109,7 @@ fn build_all() -> Result<()> {
                 .find(|(f, _)| f.name == flavour.name)
                 .map(|(_, v)| v.as_str())
                 .unwrap_or_default();
-            if let Err(e) = build::module(target, *flavour, ko_name, ver) {
+            if let Err(e) = build::module(target, &tc, *flavour, ko_name, ver) {
                 failures.push(format!("{} {} module: {e:#}", target.name, flavour.name));
             }
         }
@@ -127,13 +130,7 @@ fn build_all() -> Result<()> {
 
 /// Toolchains and apt architectures every cross task needs, plus `extra`.
 fn prepare(extra: &[&str]) -> Result<()> {
-    let mut pkgs = vec![
-        "gcc-aarch64-linux-gnu",
-        "gcc-arm-linux-gnueabihf",
-        "make",
-        "file",
-        "bc",
-    ];
+    let mut pkgs = vec!["make", "file", "bc", "tar"];
     pkgs.extend_from_slice(extra);
     host::apt_install(&pkgs)?;
     host::ensure_foreign_archs(&["arm64", "armhf"])?;
