@@ -376,15 +376,12 @@ static bool usrbd_dev_idle(struct usrbd_dev *dev)
 }
 
 /*
- * Graceful part of destroy: write back and flush through the servers,
- * then wait for every request to end. Returns 0, -ETIMEDOUT when the
- * deadline passed, or the write-back/flush error.
+ * Graceful destroy, first step: write back and flush through the servers.
+ * Bounded by the request timeout (a request nobody answers times out).
  */
-static int usrbd_drain(struct usrbd_dev *dev, unsigned int timeout_ms)
+static int usrbd_writeback(struct usrbd_dev *dev)
 {
-	unsigned long deadline = jiffies + msecs_to_jiffies(timeout_ms);
 	struct block_device *bdev = dev->disk->part0;
-	unsigned long left = 1;
 	u32 servers;
 	int ret;
 
@@ -396,13 +393,21 @@ static int usrbd_drain(struct usrbd_dev *dev, unsigned int timeout_ms)
 	 * Without a server nothing could persist the data; a closed block
 	 * device has no dirty page cache left anyway (last close wrote it).
 	 */
-	if (servers) {
-		ret = sync_blockdev(bdev);
-		if (!ret && (dev->flags & USRBD_F_FLUSH))
-			ret = blkdev_issue_flush(bdev);
-		if (ret)
-			return ret;
-	}
+	if (!servers)
+		return 0;
+	ret = sync_blockdev(bdev);
+	if (!ret && (dev->flags & USRBD_F_FLUSH))
+		ret = blkdev_issue_flush(bdev);
+	return ret;
+}
+
+/*
+ * Graceful destroy, second step: wait until no request is active.
+ * Returns 0, or -ETIMEDOUT when @deadline (jiffies) passed.
+ */
+static int usrbd_drain(struct usrbd_dev *dev, unsigned long deadline)
+{
+	unsigned long left = 1;
 
 	if (time_before(jiffies, deadline))
 		left = deadline - jiffies;
@@ -482,8 +487,10 @@ int usrbd_dev_destroy(const struct usrbd_destroy *d)
 	}
 
 	if (!force) {
-		ret = usrbd_drain(dev, timeout_ms);
-		if (ret && ret != -ETIMEDOUT) {
+		unsigned long deadline = jiffies + msecs_to_jiffies(timeout_ms);
+
+		ret = usrbd_writeback(dev);
+		if (ret) {
 			/* Data could not be made durable: keep the device. */
 			pr_warn_ratelimited("%s: destroy aborted: write back or flush failed (%d)\n",
 					    dev->name, ret);
@@ -492,8 +499,9 @@ int usrbd_dev_destroy(const struct usrbd_destroy *d)
 			dev->state = dev->servers ? USRBD_STATE_LIVE : USRBD_STATE_WAITING;
 			spin_unlock(&dev->state_lock);
 			usrbd_dev_put(dev);
-			return ret;
+			return -EIO;
 		}
+		ret = usrbd_drain(dev, deadline);
 		if (ret)
 			pr_warn("%s: drain deadline passed, failing what is left\n",
 				dev->name);
