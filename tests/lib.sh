@@ -49,6 +49,13 @@ trap lib_cleanup EXIT
 
 track() { LIB_PIDS="$LIB_PIDS $1"; }
 
+# The scenario ends the boot: the runner records its result and powers the
+# VM off at once, with the server still serving and the filesystem mounted.
+power_off_abruptly_after_this() {
+	trap - EXIT
+	touch "$USRBD_TMP/.power-off-abruptly"
+}
+
 # running PID: the process exists and is not a zombie waiting to be reaped.
 running() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 not_running() { ! running "$1"; }

@@ -62,9 +62,9 @@ cleanup() {
 	if [ -c /dev/usrbd-control ]; then
 		for dev in /sys/block/usrbd*; do
 			[ -e "$dev" ] || continue
-			name=${dev##*/}
-			if ! timeout 60 "$USRBD" destroy --force --name "$name" >/dev/null 2>&1; then
-				echo "cleanup: usrbd destroy --force --name $name failed"
+			devname=${dev##*/}
+			if ! timeout 60 "$USRBD" destroy --force --name "$devname" >/dev/null 2>&1; then
+				echo "cleanup: usrbd destroy --force --name $devname failed"
 				rc=1
 			fi
 		done

@@ -22,5 +22,4 @@ sync "$USRBD_TMP/mnt"
 sync "$dir/expected.sha256"
 dd if=/dev/urandom of="$USRBD_TMP/mnt/unsynced" bs=1M count=2 status=none
 log "written and fsynced: $(cat "$dir/expected.sha256")"
-# The runner records this result, then powers the VM off at once.
-touch "$USRBD_TMP/.power-off-abruptly"
+power_off_abruptly_after_this

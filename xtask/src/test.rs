@@ -21,8 +21,10 @@ use crate::vm::Vm;
 const TEST_USAGE: &str = "\
 usage: cargo xtask test [--vm-only] [--filter NAME]...
 
-  --vm-only      skip fmt/clippy/cargo test, the 6.1 build and checkpatch
-  --filter NAME  run only scenarios whose name contains NAME (repeatable)
+  --vm-only      only the x86 VM scenarios (no fmt/clippy/cargo test, 6.1
+                 build, checkpatch, arm64 tier or image tier)
+  --filter NAME  run only x86 scenarios whose name contains NAME (repeatable;
+                 skips the arm64 and image tiers)
 ";
 
 /// Boot, guest setup and slack per VM on top of the scenarios' own timeouts.
@@ -68,6 +70,22 @@ impl Report {
                 self.record(name, false, secs);
                 println!("{}", indent(&format!("{e:#}")));
                 None
+            }
+        }
+    }
+
+    /// Counts from a tier that prints its own PASS/FAIL lines.
+    fn tier(&mut self, name: &str, f: impl FnOnce() -> Result<(usize, usize)>) {
+        eprintln!("xtask: {name}");
+        let start = Instant::now();
+        match f() {
+            Ok((passed, failed)) => {
+                self.passed += passed;
+                self.failed += failed;
+            }
+            Err(e) => {
+                self.record(name, false, start.elapsed().as_secs_f64());
+                println!("{}", indent(&format!("{e:#}")));
             }
         }
     }
@@ -230,6 +248,11 @@ pub fn run(args: &[String]) -> Result<()> {
                 println!("    not run: the module or the release build failed (above)");
             }
         }
+    }
+    // The ARM tiers are whole-system checks, left out of the quick loops.
+    if !opts.vm_only && opts.filters.is_empty() {
+        report.tier("arm64 tier (cargo xtask cross --vm)", crate::cross::arm64_tier);
+        report.tier("image tier (cargo xtask image + run-image)", crate::image::image_tier);
     }
     report.finish()
 }
