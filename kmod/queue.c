@@ -18,6 +18,14 @@
 
 #include "usrbd.h"
 
+/* Byte offset for userspace; a FLUSH has no position (0). */
+u64 usrbd_rq_offset(struct request *rq, const struct usrbd_cmd *cmd)
+{
+	if (cmd->op == USRBD_OP_FLUSH)
+		return 0;
+	return (u64)blk_rq_pos(rq) << SECTOR_SHIFT;
+}
+
 static bool usrbd_op_from_rq(struct usrbd_dev *dev, struct request *rq,
 			     struct usrbd_cmd *cmd)
 {
@@ -142,7 +150,7 @@ static enum blk_eh_timer_return usrbd_timeout(struct request *rq)
 	atomic64_inc(&q->stats.timeouts);
 	pr_warn_ratelimited("%s: queue %u: request timed out (op %u, %u bytes at %llu)\n",
 			    q->dev->name, q->index, cmd->op, cmd->len,
-			    (unsigned long long)blk_rq_pos(rq) << SECTOR_SHIFT);
+			    usrbd_rq_offset(rq, cmd));
 	usrbd_end_request(q, rq, BLK_STS_TIMEOUT);
 	return BLK_EH_DONE;
 }

@@ -242,10 +242,8 @@ usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 			.op	= cmd->op,
 			.flags	= cmd->flags,
 			.len	= cmd->len,
-			.offset	= (u64)blk_rq_pos(rqs[i]) << SECTOR_SHIFT,
+			.offset	= usrbd_rq_offset(rqs[i], cmd),
 		};
-		if (cmd->op == USRBD_OP_FLUSH)
-			out[i].offset = 0;
 		if (cmd->op == USRBD_OP_WRITE &&
 		    usrbd_copy_data(rqs[i], usrbd_server_buf(srv, cmd->tag), true))
 			goto fault;
