@@ -82,8 +82,9 @@ fn linker_env(triple: &str) -> String {
 
 /// Builds `usrbd` and `vmkit` for `target` as static release binaries: once
 /// with the `rpi` feature (copied as `usrbd-rpi`, proving rppal builds) and
-/// once without (the `usrbd` every other board and the VM run).
-pub fn userspace(target: Target, tc: &Toolchain) -> Result<()> {
+/// once without (the `usrbd` every other board and the VM run). The VM tier
+/// skips the `rpi` build (`with_rpi` false): it cannot use rppal anyway.
+pub fn userspace(target: Target, tc: &Toolchain, with_rpi: bool) -> Result<()> {
     let root = workspace_root();
     let out = cross_dir().join(target.name);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -94,7 +95,12 @@ pub fn userspace(target: Target, tc: &Toolchain) -> Result<()> {
         _ => "-C target-feature=+crt-static".to_owned(),
     };
     let built = target_dir().join(target.triple).join("release");
-    for (features, usrbd_name) in [(Some("usrbd/rpi"), "usrbd-rpi"), (None, "usrbd")] {
+    let variants: &[(Option<&str>, &str)] = if with_rpi {
+        &[(Some("usrbd/rpi"), "usrbd-rpi"), (None, "usrbd")]
+    } else {
+        &[(None, "usrbd")]
+    };
+    for &(features, usrbd_name) in variants {
         eprintln!(
             "cross: cargo build --release --target {}{}",
             target.triple,

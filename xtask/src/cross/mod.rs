@@ -54,8 +54,8 @@ pub fn arm64_tier() -> Result<(usize, usize)> {
     let ver = debian::pick_version(&known, debian::ARM64, true)?;
     ensure_kbuild(std::slice::from_ref(&ver))?;
     let tc64 = build::toolchain(AARCH64)?;
-    build::userspace(AARCH64, &tc64)?;
-    build::userspace(ARMV7, &build::toolchain(ARMV7)?)?;
+    build::userspace(AARCH64, &tc64, false)?;
+    build::userspace(ARMV7, &build::toolchain(ARMV7)?, false)?;
     build::module(AARCH64, &tc64, debian::ARM64, "usrbd.ko", &ver)?;
 
     let cache = build::cross_dir();
@@ -100,7 +100,7 @@ fn build_all() -> Result<()> {
     let mut failures: Vec<String> = Vec::new();
     for target in TARGETS {
         let tc = build::toolchain(target)?;
-        if let Err(e) = build::userspace(target, &tc) {
+        if let Err(e) = build::userspace(target, &tc, true) {
             failures.push(format!("{} userspace: {e:#}", target.name));
         }
         for (flavour, ko_name) in target.modules {
