@@ -86,27 +86,29 @@ pub fn build(paths: &Paths, release: &str) -> Result<Built> {
     Ok(Built { ko })
 }
 
-/// C sources and headers of the module, build outputs left out.
-fn kernel_sources(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The module's own C sources and headers: kmod/*.c and kmod/*.h. The UAPI
+/// header under kmod/include/ is left out: it is userspace-facing, where
+/// checkpatch's kernel-only advice (BIT(), ...) does not apply.
+fn kernel_sources(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type()?.is_dir() {
-            kernel_sources(&path, out)?;
-        } else if (name.ends_with(".c") || name.ends_with(".h")) && !is_build_output(&name) {
-            out.push(path);
+        if entry.file_type()?.is_file()
+            && (name.ends_with(".c") || name.ends_with(".h"))
+            && !is_build_output(&name)
+        {
+            out.push(entry.path());
         }
     }
-    Ok(())
+    out.sort();
+    Ok(out)
 }
 
-/// `checkpatch.pl --strict` over every .c/.h under kmod/; any ERROR,
-/// WARNING or CHECK fails.
+/// `checkpatch.pl --strict` over kmod/*.c and kmod/*.h; any ERROR, WARNING
+/// or CHECK fails.
 pub fn checkpatch(paths: &Paths, script: &Path) -> Result<String> {
-    let mut files = Vec::new();
-    kernel_sources(&paths.repo.join("kmod"), &mut files)?;
-    files.sort();
+    let files = kernel_sources(&paths.repo.join("kmod"))?;
     if files.is_empty() {
         bail!("no .c/.h files under kmod/");
     }
