@@ -251,8 +251,14 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     // The ARM tiers are whole-system checks, left out of the quick loops.
     if !opts.vm_only && opts.filters.is_empty() {
-        report.tier("arm64 tier (cargo xtask cross --vm)", crate::cross::arm64_tier);
-        report.tier("image tier (cargo xtask image + run-image)", crate::image::image_tier);
+        report.tier(
+            "arm64 tier (cargo xtask cross --vm)",
+            crate::cross::arm64_tier,
+        );
+        report.tier(
+            "image tier (cargo xtask image + run-image)",
+            crate::image::image_tier,
+        );
     }
     report.finish()
 }
