@@ -306,3 +306,73 @@ detach_round_trip() {
 	fi
 	stop_server $srv
 }
+
+# --- USB drive export (usb_* scenarios; added by the USB export work) -------
+# Gadget and host in one guest: dummy_hcd is both the UDC the gadget binds to
+# and the host controller that enumerates it as a SCSI disk.
+USB_GADGET_DIR=/sys/kernel/config/usb_gadget/usrbd
+
+# usb_host_setup: loads the modules, mounts configfs, and arranges that the
+# gadget goes away when the scenario exits (before the runner destroys
+# devices: a bound gadget keeps /dev/usrbd0 open).
+usb_host_setup() {
+	for m in dummy_hcd libcomposite usb_f_mass_storage usb-storage sd_mod; do
+		check "modprobe $m" modprobe "$m"
+	done
+	grep -q ' /sys/kernel/config configfs ' /proc/mounts ||
+		check "mount configfs" mount -t configfs none /sys/kernel/config
+	trap 'lib_cleanup; usb_gadget_remove' EXIT
+	log "udc: $(ls /sys/class/udc)"
+}
+
+# usb_gadget_remove: unbinds and removes a gadget the service left (killed).
+usb_gadget_remove() {
+	[ -d "$USB_GADGET_DIR" ] || return 0
+	echo "" >"$USB_GADGET_DIR/UDC" 2>/dev/null || true
+	rm -f "$USB_GADGET_DIR/configs/c.1/mass_storage.usb0"
+	for d in configs/c.1/strings/0x409 configs/c.1 functions/mass_storage.usb0 strings/0x409; do
+		rmdir "$USB_GADGET_DIR/$d" 2>/dev/null || true
+	done
+	rmdir "$USB_GADGET_DIR" 2>/dev/null || true
+}
+
+# usb_disk VENDOR: prints sdX, the removable USB SCSI disk whose INQUIRY
+# vendor is VENDOR; fails if there is none.
+usb_disk() {
+	for d in /sys/block/sd*; do
+		[ -e "$d/removable" ] || continue
+		[ "$(cat "$d/removable")" = 1 ] || continue
+		[ "$(sed 's/ *$//' "$d/device/vendor")" = "$1" ] || continue
+		[ "$(lsblk -dno TRAN "/dev/${d##*/}" | tr -d ' ')" = usb ] || continue
+		echo "${d##*/}"
+		return 0
+	done
+	return 1
+}
+
+usb_disk_present() { usb_disk "$1" >/dev/null; }
+
+# wait_usb_disk VENDOR BYTES: waits for that disk with a medium of BYTES;
+# sets USB_SD (sdX). Media events are polled every 200 ms from then on, as
+# a desktop host does, so an eject shows up without I/O.
+wait_usb_disk() {
+	wait_until 60 "a removable USB disk from vendor $1" usb_disk_present "$1"
+	USB_SD=$(usb_disk "$1")
+	echo 200 >"/sys/block/$USB_SD/events_poll_msecs" 2>/dev/null || true
+	wait_until 30 "/dev/$USB_SD with a $2-byte medium" usb_medium_is "$USB_SD" "$2"
+	log "ok: host side sees /dev/$USB_SD: removable=1 vendor=$1 TRAN=usb size=$2"
+}
+
+# usb_medium_is SDX BYTES: the host sees a medium of BYTES (0: none).
+usb_medium_is() { [ "$(($(cat "/sys/block/$1/size") * 512))" -eq "$2" ]; }
+
+# usb_medium_gone SDX: capacity 0 and a read fails with "No medium found".
+usb_medium_gone() {
+	usb_medium_is "$1" 0 || return 1
+	if err=$(dd if="/dev/$1" of=/dev/null bs=512 count=1 iflag=direct 2>&1); then
+		return 1
+	fi
+	case "$err" in *"No medium found"*) return 0 ;; esac
+	echo "$err"
+	return 1
+}

@@ -917,6 +917,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn status_led_waits_for_the_usb_host() {
+        assert_eq!(serving_pattern(None), ApplianceState::Serving);
+        assert_eq!(
+            serving_pattern(Some(Ok(HostState::Configured))),
+            ApplianceState::Serving
+        );
+        for s in [
+            "not attached",
+            "powered",
+            "default",
+            "addressed",
+            "suspended",
+        ] {
+            assert_eq!(
+                serving_pattern(Some(Ok(HostState::parse(s)))),
+                ApplianceState::WaitingForHost,
+                "{s}"
+            );
+        }
+        let unreadable = crate::error::ExportError::NoUdc {
+            dir: "/sys/class/udc".into(),
+        };
+        assert_eq!(
+            serving_pattern(Some(Err(unreadable))),
+            ApplianceState::Serving
+        );
+    }
+
+    #[test]
     fn mountinfo_lines_select_our_device_newest_first() {
         let info = "\
 22 1 259:2 / / rw - ext4 /dev/root rw
