@@ -20,18 +20,23 @@
 #   OUT/profile.tsv  prof SYSTEM JOB REQUESTS SECONDS SYSCALLS IOCTLS URING_ENTERS CSW
 #   OUT/guest.tsv    KEY VALUE (kernel, CPU, memory, tool versions)
 # fio's JSON output of every run lands in OUT/fio/. Progress lines start with
-# "bench:"; the last line is "bench: done" or "bench: FAILED: why".
+# "bench: [UPTIME]"; the last one says "done" or "FAILED: why".
+# DEV_<system> and PID_<system> are read back through `var`.
+# shellcheck disable=SC2034
 set -u
 
+# shellcheck source=/dev/null
 . "$1"
 
-MNT=/mnt/bench
+MNT=/tmp/usrbd-bench
 HZ=$(getconf CLK_TCK)
-mkdir -p "$OUT/fio" "$OUT/logs"
+SNAP=$(dirname "$0")/snap.sh
+mkdir -p "$OUT/fio" "$OUT/logs" "$OUT/work" "$OUT/acct"
 : >"$OUT/results.tsv"
 : >"$OUT/profile.tsv"
 
-say() { echo "bench: $*"; }
+# Progress, stamped with the guest's uptime.
+say() { echo "bench: [$(cut -d' ' -f1 /proc/uptime)] $*"; }
 
 die() {
 	say "FAILED: $*"
@@ -60,16 +65,6 @@ pid_of() {
 	return 1
 }
 
-# cpu_ticks PID: utime + stime of the whole process (all its threads).
-# Fields after the command name's closing parenthesis start at field 3.
-cpu_ticks() {
-	[ "$1" = - ] && {
-		echo 0
-		return
-	}
-	sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
-}
-
 rss_kb() {
 	[ "$1" = - ] && {
 		echo 0
@@ -77,9 +72,6 @@ rss_kb() {
 	}
 	awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
-
-# dev_bytes DEV: bytes read plus written through /dev/DEV since it appeared.
-dev_bytes() { awk '{ print ($3 + $7) * 512 }' "/sys/block/$1/stat"; }
 
 # dev_ios DEV: requests completed (reads plus writes).
 dev_ios() { awk '{ print $1 + $5 }' "/sys/block/$1/stat"; }
@@ -160,11 +152,12 @@ setup_nbd() {
 
 var() { eval "echo \"\${$1_$(echo "$2" | tr - _)}\""; }
 
-# fio_job SYSTEM JOB OUTPUT: one fio run, quiet.
-fio_job() {
-	BENCH_DEV=/dev/$(var DEV "$1") BENCH_SIZE="${SIZE_MB}M" BENCH_RUNTIME=$RUNTIME \
-		fio --output-format=json --output="$3" "$JOBS_DIR/$2.fio" \
-		>>"$OUT/logs/fio.err" 2>&1
+# fio_env SYSTEM [SECONDS] COMMAND...: COMMAND with the job files' variables.
+fio_env() {
+	dev=/dev/$(var DEV "$1")
+	secs=$2
+	shift 2
+	BENCH_DEV=$dev BENCH_SIZE="${SIZE_MB}M" BENCH_RUNTIME=$secs "$@"
 }
 
 # fill DEV: write every block once, so reads never hit holes.
@@ -174,50 +167,81 @@ fill() {
 		>>"$OUT/logs/fio.err" 2>&1
 }
 
-run_one() { # SYSTEM JOB RUN
+# run_block SYSTEM RUN: every job once, in one fio process (starting fio
+# under TCG costs seconds: it links many libraries). fio runs several job
+# files one after the other; the hooks appended to each copy snapshot the
+# server's CPU time and the device's byte counters around that job alone.
+run_block() {
 	dev=$(var DEV "$1")
 	pid=$(var PID "$1")
-	json="$OUT/fio/$1.$2.$3.json"
-	t0=$(cpu_ticks "$pid")
-	b0=$(dev_bytes "$dev")
-	fio_job "$1" "$2" "$json" || die "fio $2 on $1 (run $3) failed: $(tail -n 5 "$OUT/logs/fio.err")"
-	t1=$(cpu_ticks "$pid")
-	b1=$(dev_bytes "$dev")
-	# Each job only reads or only writes, so the other side adds zero.
-	perf=$(jq -r '.jobs[0] | [
-		(.read.iops + .write.iops),
-		(.read.bw_bytes + .write.bw_bytes),
-		((.read.clat_ns.percentile["99.000000"] // 0)
-			+ (.write.clat_ns.percentile["99.000000"] // 0))
-		] | @tsv' "$json") || die "cannot read $json"
-	printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$perf" \
-		"$((t1 - t0))" "$((b1 - b0))" "$(rss_kb "$pid")" >>"$OUT/results.tsv"
-	say "$1 $2 run $3: $(echo "$perf" | cut -f1) IOPS"
+	json="$OUT/fio/$1.$2.json"
+	files=""
+	for job in $JOBS; do
+		f="$OUT/work/$1.$2.$job.fio"
+		a="$OUT/acct/$1.$2.$job"
+		cp "$JOBS_DIR/$job.fio" "$f"
+		printf 'exec_prerun=sh %s %s %s %s\nexec_postrun=sh %s %s %s %s\n' \
+			"$SNAP" "$a.pre" "$pid" "$dev" "$SNAP" "$a.post" "$pid" "$dev" >>"$f"
+		files="$files $f"
+	done
+	# fio writes the hooks' output to files in its working directory.
+	# shellcheck disable=SC2086 # one argument per job file
+	(cd "$OUT/work" && fio_env "$1" "$RUNTIME" fio --output-format=json --output="$json" \
+		$files >>"$OUT/logs/fio.err" 2>&1) ||
+		die "fio on $1 (run $2) failed: $(tail -n 5 "$OUT/logs/fio.err")"
+	rss=$(rss_kb "$pid")
+	for job in $JOBS; do
+		a="$OUT/acct/$1.$2.$job"
+		if ! { read -r t0 b0 <"$a.pre" && read -r t1 b1 <"$a.post"; }; then
+			die "no CPU/byte snapshots for $1 $job (run $2)"
+		fi
+		# Each job only reads or only writes, so the other side adds zero.
+		perf=$(jq -r --arg j "$job" '.jobs[] | select(.jobname == $j) | [
+			(.read.iops + .write.iops),
+			(.read.bw_bytes + .write.bw_bytes),
+			((.read.clat_ns.percentile["99.000000"] // 0)
+				+ (.write.clat_ns.percentile["99.000000"] // 0))
+			] | @tsv' "$json") || die "cannot read $json"
+		[ -n "$perf" ] || die "no result for $job in $json"
+		printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$job" "$2" "$perf" \
+			"$((t1 - t0))" "$((b1 - b0))" "$rss" >>"$OUT/results.tsv"
+		say "$1 $job run $2: $(echo "$perf" | cut -f1) IOPS"
+	done
 }
 
 # count EVENT FILE: the value of one event in `perf stat -x,` output.
 count() { awk -F, -v e="$1" '$3 == e { print ($1 ~ /^[0-9.]+$/) ? $1 : 0; exit }' "$2"; }
 
-# profile SYSTEM JOB: one more run, with perf counting the service's
-# syscalls and context switches over its middle, against the requests the
-# device completed in the same window.
+# profile SYSTEM JOB: one more, longer run, with perf counting the
+# service's syscalls and context switches. perf starts its workload (the
+# window script) only once the counters are live, so the requests counted in
+# that script fall in exactly the counted window, however slowly perf starts.
 profile() {
 	dev=$(var DEV "$1")
 	pid=$(var PID "$1")
 	stat="$OUT/logs/perf.$1.$2.txt"
-	fio_job "$1" "$2" /dev/null &
-	fio_pid=$!
+	win="$OUT/logs/window.$1.$2"
+	pidf="$OUT/logs/fio.pid"
+	# exec: the pid written is fio's own, so the window's end can stop it.
+	# shellcheck disable=SC2016 # $$ and $1 belong to the inner shell
+	fio_env "$1" 600 sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$pidf" \
+		fio --output=/dev/null "$JOBS_DIR/$2.fio" >>"$OUT/logs/fio.err" 2>&1 &
 	sleep 2
-	r0=$(dev_ios "$dev")
-	s0=$(date +%s.%N)
 	perf stat -x, -p "$pid" \
 		-e raw_syscalls:sys_enter,syscalls:sys_enter_ioctl,syscalls:sys_enter_io_uring_enter,context-switches \
-		-o "$stat" -- sleep $((RUNTIME - 2)) 2>>"$OUT/logs/perf.err"
-	s1=$(date +%s.%N)
-	r1=$(dev_ios "$dev")
-	wait "$fio_pid"
-	printf 'prof\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$((r1 - r0))" \
-		"$(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }')" "$(count raw_syscalls:sys_enter "$stat")" \
+		-o "$stat" -- sh -c "awk '{ print \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime;
+			sleep $RUNTIME;
+			awk '{ print \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime" \
+		>"$win" 2>>"$OUT/logs/perf.err"
+	kill -INT "$(cat "$pidf")" 2>/dev/null
+	wait
+	# The window script printed four numbers, one per line.
+	# shellcheck disable=SC2046
+	set -- "$1" "$2" $(cat "$win")
+	[ $# -eq 6 ] || die "profiling $1 $2: perf did not run the window ($(tail -n 3 "$OUT/logs/perf.err"))"
+	printf 'prof\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$(($5 - $3))" \
+		"$(awk -v a="$4" -v b="$6" 'BEGIN { print b - a }')" \
+		"$(count raw_syscalls:sys_enter "$stat")" \
 		"$(count syscalls:sys_enter_ioctl "$stat")" \
 		"$(count syscalls:sys_enter_io_uring_enter "$stat")" \
 		"$(count context-switches "$stat")" >>"$OUT/profile.tsv"
@@ -251,10 +275,8 @@ done
 
 run=1
 while [ "$run" -le "$RUNS" ]; do
-	for job in $JOBS; do
-		for s in $SYSTEMS; do
-			run_one "$s" "$job" "$run"
-		done
+	for s in $SYSTEMS; do
+		run_block "$s" "$run"
 	done
 	run=$((run + 1))
 done
@@ -262,7 +284,7 @@ done
 if [ "$PROFILE" = 1 ]; then
 	for s in $SYSTEMS; do
 		[ "$(var PID "$s")" = - ] && continue
-		for job in randread-4k-qd1 randread-4k-qd32; do
+		for job in randread-4k-qd1 randread-4k-qd32 seqread-1m-qd8; do
 			profile "$s" "$job"
 		done
 	done
@@ -275,4 +297,4 @@ done
 "$RUBLK" del -a >/dev/null 2>&1 || true
 qemu-nbd -d /dev/nbd0 >/dev/null 2>&1 || true
 wait
-say done
+say "done"

@@ -26,8 +26,8 @@ usage: cargo xtask bench [--runs N] [--runtime S] [--size MIB]
                          [--systems a,b,..] [--jobs a,b,..] [--no-profile] [--no-docs]
 
   --runs N        runs of every job on every system; medians are reported (default 3)
-  --runtime S     seconds per fio run, after a 1 s ramp (default 5)
-  --size MIB      size of every device (default 256)
+  --runtime S     seconds per fio run (default 5)
+  --size MIB      size of every device (default 128)
   --systems LIST  subset of: brd,null_blk,usrbd-ram,usrbd-file,ublk-loop,nbd
   --jobs LIST     subset of: randread-4k-qd1,randread-4k-qd32,randwrite-4k-qd32,
                   seqread-1m-qd8,seqwrite-1m-qd8
@@ -41,8 +41,14 @@ const VCPUS: u32 = 2;
 const MEMORY: &str = "3G";
 /// Boot, guest setup, device fills and teardown.
 const BOOT_ALLOWANCE: Duration = Duration::from_secs(300);
-/// fio start-up, ramp and the accounting around each run under TCG.
-const PER_RUN_SLACK_S: u64 = 10;
+/// Starting fio under TCG (it links many libraries), once per system and run.
+const PER_FIO_START_S: u64 = 30;
+/// The accounting hooks and result parsing of one job.
+const PER_JOB_SLACK_S: u64 = 10;
+/// Starting fio and perf for one profiled run.
+const PER_PROFILE_SLACK_S: u64 = 60;
+/// Jobs profiled per serving system (tests/bench/guest.sh).
+const PROFILED_JOBS: usize = 3;
 
 #[derive(Debug, PartialEq)]
 struct Options {
@@ -73,7 +79,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
     let mut o = Options {
         runs: 3,
         runtime_s: 5,
-        size_mib: 256,
+        size_mib: 128,
         systems: systems.clone(),
         jobs: JOBS.to_vec(),
         profile: true,
@@ -243,15 +249,17 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut host = host_facts(&paths.repo);
     host.insert("load_before".into(), load_1min());
-    let fio_runs = (opts.runs as usize * opts.jobs.len() * opts.systems.len()) as u64;
+    let blocks = u64::from(opts.runs) * opts.systems.len() as u64;
+    let per_block =
+        opts.jobs.len() as u64 * (u64::from(opts.runtime_s) + PER_JOB_SLACK_S) + PER_FIO_START_S;
     let profiled = if opts.profile {
-        2 * opts.systems.len() as u64
+        PROFILED_JOBS as u64 * opts.systems.len() as u64
     } else {
         0
     };
     let budget = BOOT_ALLOWANCE
         + Duration::from_secs(
-            (fio_runs + profiled) * (u64::from(opts.runtime_s) + PER_RUN_SLACK_S),
+            blocks * per_block + profiled * (u64::from(opts.runtime_s) + PER_PROFILE_SLACK_S),
         );
     let vm = Vm {
         vng: env.vng.clone(),
@@ -262,7 +270,7 @@ pub fn run(args: &[String]) -> Result<()> {
         cwd: paths.repo.clone(),
     };
     eprintln!(
-        "xtask: booting {} ({VCPUS} vCPUs, {MEMORY}) for {fio_runs} fio runs, at most {} s",
+        "xtask: booting {} ({VCPUS} vCPUs, {MEMORY}) for {blocks} fio blocks, at most {} s",
         env.kernel,
         budget.as_secs()
     );
@@ -276,8 +284,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let ended = vm.run(&exec, budget, &console, |line| {
         if let Some(msg) = line.strip_prefix("bench: ") {
             eprintln!("  {msg}");
-            if msg == "done" || msg.starts_with("FAILED") {
-                outcome = Some(msg.to_string());
+            // After the "[uptime] " stamp.
+            let text = msg.split_once("] ").map_or(msg, |(_, t)| t);
+            if text == "done" || text.starts_with("FAILED") {
+                outcome = Some(text.to_string());
             }
         }
     })?;
