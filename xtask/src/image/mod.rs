@@ -346,26 +346,27 @@ fn kernel_headers(apt: &apt::Apt, pkgs: &Path, abi: &str) -> Result<PathBuf> {
     let tree = pkgs.join(format!("headers-{abi}-arm64"));
     let kdir = tree.join(format!("usr/src/linux-headers-{abi}-arm64"));
     let done = tree.join(".extracted");
-    if done.exists() {
-        return Ok(kdir);
+    if !done.exists() {
+        if tree.exists() {
+            fs::remove_dir_all(&tree)?;
+        }
+        for pkg in [
+            format!("linux-headers-{abi}-arm64"),
+            format!("linux-headers-{abi}-common"),
+            format!("linux-kbuild-{abi}:amd64"),
+        ] {
+            apt::extract(&apt.download(&pkg)?, &tree)?;
+        }
+        fs::write(&done, "")?;
+        step(&format!("kernel headers: {}", kdir.display()));
     }
-    if tree.exists() {
-        fs::remove_dir_all(&tree)?;
-    }
-    for pkg in [
-        format!("linux-headers-{abi}-arm64"),
-        format!("linux-headers-{abi}-common"),
-        format!("linux-kbuild-{abi}:amd64"),
-    ] {
-        apt::extract(&apt.download(&pkg)?, &tree)?;
-    }
+    // Written on every build: the path is absolute, and target/ may have
+    // moved (a CI cache restored elsewhere) since the extraction.
     let common = tree.join(format!("usr/src/linux-headers-{abi}-common"));
-    fs::write(
-        kdir.join("Makefile"),
-        format!("include {}/Makefile\n", common.display()),
-    )?;
-    fs::write(&done, "")?;
-    step(&format!("kernel headers: {}", kdir.display()));
+    let makefile = format!("include {}/Makefile\n", common.display());
+    if fs::read_to_string(kdir.join("Makefile")).ok().as_deref() != Some(makefile.as_str()) {
+        fs::write(kdir.join("Makefile"), makefile)?;
+    }
     Ok(kdir)
 }
 
