@@ -12,18 +12,29 @@ export USRBD_TMP=/tmp/usrbd-demo
 . "$USRBD_TESTS/lib.sh"
 
 say() { printf '\n== %s\n' "$*"; }
+on_off() { if [ "$1" = 1 ]; then echo on; else echo off; fi; }
 
 say "kernel $(uname -r), loading usrbd.ko"
 load_module
 say "front panel: uinput button (KEY_POWER) and LEDs numlock=status capslock=error scrolllock=activity"
 start_panel
-# Each LED change as the kernel delivers it to the uinput device; the
-# activity LED's per-I/O flicker is summed up rather than listed.
+# Each LED change as the kernel delivers it to the uinput device. The
+# activity LED's per-I/O flicker is summed up, and a blinking status LED
+# (changes less than 0.4 s apart) is shown once per run of blinks.
 tail -n +1 -f "$PANEL_EVENTS" | awk '
 	$2 == "activity" { if ($3 == 1) act++; next }
 	{
+		t = $1 / 1000
 		if (act) { printf "   [led] activity LED flashed %d times\n", act; act = 0 }
-		printf "   [led] %7.2f s  %-6s %s\n", $1 / 1000, $2, ($3 == 1 ? "on" : "off")
+		if ($2 == "status") {
+			gap = t - last; last = t
+			if (gap < 0.4) {
+				if (!blinking) printf "   [led] %7.2f s  status blinking\n", t
+				blinking = 1; fflush(); next
+			}
+			blinking = 0
+		}
+		printf "   [led] %7.2f s  %-6s %s\n", t, $2, ($3 == 1 ? "on" : "off")
 		fflush()
 	}' &
 track $!
@@ -52,6 +63,7 @@ say "pressing the button for 200 ms: sync and detach"
 press_button 200
 wait_state usrbd0 safe 90
 sleep 1.5
+echo "   [led] now: status $(on_off "$(last_led status)"), error $(on_off "$(last_led error)"), activity $(on_off "$(last_led activity)")"
 say "after the detach"
 "$USRBD" status --socket "$(sock usrbd0)"
 is_mounted /dev/usrbd0 && fail "/dev/usrbd0 is still mounted"
