@@ -74,7 +74,7 @@ rss_kb() {
 }
 
 # dev_ios DEV: requests completed (reads plus writes).
-dev_ios() { awk '{ print $1 + $5 }' "/sys/block/$1/stat"; }
+dev_ios() { awk '{ printf "%d\n", $1 + $5 }' "/sys/block/$1/stat"; }
 
 has_size() { [ "$(cat "/sys/block/$1/size" 2>/dev/null || echo 0)" -gt 0 ]; }
 
@@ -229,9 +229,9 @@ profile() {
 	sleep 2
 	perf stat -x, -p "$pid" \
 		-e raw_syscalls:sys_enter,syscalls:sys_enter_ioctl,syscalls:sys_enter_io_uring_enter,context-switches \
-		-o "$stat" -- sh -c "awk '{ print \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime;
+		-o "$stat" -- sh -c "awk '{ printf \"%d\\n\", \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime;
 			sleep $RUNTIME;
-			awk '{ print \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime" \
+			awk '{ printf \"%d\\n\", \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime" \
 		>"$win" 2>>"$OUT/logs/perf.err"
 	kill -INT "$(cat "$pidf")" 2>/dev/null
 	wait

@@ -11,7 +11,8 @@ set -u
 ticks=0
 if [ "$2" != - ]; then
 	# Fields after the command name's closing parenthesis start at field 3.
-	ticks=$(sed 's/.*) //' "/proc/$2/stat" | awk '{ print $12 + $13 }')
+	ticks=$(sed 's/.*) //' "/proc/$2/stat" | awk '{ printf "%d\n", $12 + $13 }')
 fi
-bytes=$(awk '{ print ($3 + $7) * 512 }' "/sys/block/$3/stat")
+# %.0f: awk would print a large sum in exponent notation.
+bytes=$(awk '{ printf "%.0f\n", ($3 + $7) * 512 }' "/sys/block/$3/stat")
 echo "$ticks $bytes" >"$1"
