@@ -189,6 +189,12 @@ fn report(
             errnos.join(" ")
         );
     }
+    let times: Vec<String> = tally
+        .time
+        .iter()
+        .map(|(f, t)| format!("{f} {:.1}s", t.as_secs_f64()))
+        .collect();
+    info!("time by case family: {}", times.join(", "));
     let (strict, rejected) = tally.strict();
     let (lenient, tolerated) = tally.lenient();
     println!(

@@ -53,6 +53,8 @@ pub struct Tally {
     pub violations: Vec<String>,
     pub valid_calls: u64,
     pub valid_failed: Vec<String>,
+    /// Wall time spent per case family.
+    pub time: BTreeMap<&'static str, std::time::Duration>,
 }
 
 impl Tally {
@@ -292,6 +294,12 @@ impl Rig {
     }
 
     pub fn run(&mut self, case: &Case, tally: &mut Tally) {
+        let start = std::time::Instant::now();
+        self.dispatch(case, tally);
+        *tally.time.entry(case.family()).or_default() += start.elapsed();
+    }
+
+    fn dispatch(&mut self, case: &Case, tally: &mut Tally) {
         match *case {
             Case::WrongNumber { ioctl, dir, size } => {
                 let number = rig::ioc(dir, REAL[ioctl].1 & 0xff, size);
@@ -686,7 +694,7 @@ impl Rig {
                 let (dev, q) = &served[w as usize % served.len()];
                 let queue = &dev.queues[*q];
                 let mut st = queue.lock();
-                let r = dev.serve_once(queue, &mut st, dev.depth, 5, &self.health);
+                let r = dev.serve_once(queue, &mut st, dev.depth, 0, &self.health);
                 tally.valid("SERVE fetch", r.map(|n| n as i32));
             }
         }
@@ -720,9 +728,18 @@ impl Rig {
         };
         let queue = Arc::clone(&dev.queues[qi]);
         let mut st = queue.lock();
-        if st.pending.is_empty() {
-            // Fetch something so that faults about tags in flight have one.
-            let r = dev.serve_once(&queue, &mut st, dev.depth, 20, &self.health);
+        let needs_in_flight = matches!(
+            fault,
+            ServeFault::WrongOp { .. }
+                | ServeFault::WrongLen { .. }
+                | ServeFault::BadResult { .. }
+                | ServeFault::Duplicate { .. }
+                | ServeFault::PrefixThenBad { .. }
+        );
+        if needs_in_flight && st.pending.is_empty() {
+            // Fetch something for the fault to aim at; a short wait, since
+            // the I/O threads have only a few requests out at a time.
+            let r = dev.serve_once(&queue, &mut st, dev.depth, 1, &self.health);
             tally.valid("SERVE fetch", r.map(|n| n as i32));
         }
         let depth = dev.depth;

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,9 +18,9 @@ use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_serve};
 
-/// SERVE wait of the background servers: short, because the fuzzer waits
-/// for the queue lock while a server sleeps in the kernel.
-const SERVER_WAIT_MS: u32 = 2;
+/// An idle background server sleeps this long between polls, outside the
+/// queue lock: sleeping inside SERVE would hold the lock the fuzzer needs.
+const SERVER_IDLE: Duration = Duration::from_micros(200);
 
 /// `_IOC` as asm-generic encodes it (x86, arm, arm64).
 pub const fn ioc(dir: u32, nr: u32, size: u32) -> u32 {
@@ -151,10 +151,21 @@ pub struct Queue {
     pub index: u32,
     pub fd: OwnedFd,
     state: Mutex<QueueState>,
+    /// Fuzzer calls waiting for the lock: the server steps aside for them
+    /// (a mutex is not fair, and the server would win every time).
+    wanted: AtomicU32,
 }
 
 impl Queue {
+    /// The fuzzer's way in.
     pub fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.wanted.fetch_add(1, Ordering::SeqCst);
+        let guard = self.lock_server();
+        self.wanted.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    fn lock_server(&self) -> MutexGuard<'_, QueueState> {
         // A poisoned lock means a thread panicked; its state is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -249,6 +260,7 @@ impl Device {
                         pending: Vec::new(),
                         gone: false,
                     }),
+                    wanted: AtomicU32::new(0),
                 }));
             }
         }
@@ -360,17 +372,24 @@ impl Device {
         std::thread::spawn(move || {
             let queue = Arc::clone(&dev.queues[q]);
             while !stop.load(Ordering::Relaxed) {
-                let mut st = queue.lock();
+                let mut st = queue.lock_server();
                 if st.gone {
                     break;
                 }
-                match dev.serve_once(&queue, &mut st, dev.depth, SERVER_WAIT_MS, &health) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(Errno::EINVAL) => {}
+                let idle = match dev.serve_once(&queue, &mut st, dev.depth, 0, &health) {
+                    Ok(n) => n == 0 && st.pending.is_empty(),
+                    Err(Errno::EINTR) | Err(Errno::EINVAL) => false,
                     Err(e) => {
                         health.report(format!("{} queue {q}: SERVE failed: {e}", dev.name));
                         break;
                     }
+                };
+                drop(st);
+                if idle {
+                    std::thread::sleep(SERVER_IDLE);
+                }
+                while queue.wanted.load(Ordering::SeqCst) > 0 {
+                    std::thread::yield_now();
                 }
             }
         })
@@ -488,6 +507,8 @@ pub fn spawn_io(
         let mut back = AlignedBuf::new(128 << 10);
         let mut done = 0;
         while !stop.load(Ordering::Relaxed) {
+            // Up to 128 KiB: larger than A's max_io, so some extents
+            // become several requests in flight at once.
             let blocks = rng.u64(1..=32).min(area);
             let offset = rng.u64(0..=area - blocks) * 4096;
             let len = (blocks * 4096) as usize;
@@ -514,6 +535,8 @@ pub fn spawn_io(
                 break;
             }
             done += 1;
+            // Enough to keep requests coming; the CPU is for the fuzzer.
+            std::thread::sleep(Duration::from_millis(1));
         }
         done
     }))
