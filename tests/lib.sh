@@ -311,6 +311,65 @@ detach_round_trip() {
 	stop_server $srv
 }
 
+# --- reliability scenarios (tests/scenarios/rel_*.sh) ----------------------
+# Each runs a short version by default (CI) and a long one when the plan sets
+# USRBD_SOAK=1 (`cargo xtask soak`), and prints one line the soak collects:
+#   FIGURES <scenario> key=value ...
+
+# soak_or SHORT LONG: the value for this run.
+soak_or() {
+	if [ "${USRBD_SOAK:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi
+}
+
+# rand_between MIN MAX: a random integer in [MIN, MAX] (dash has no $RANDOM).
+rand_between() {
+	r=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+	echo $(($1 + r % ($2 - $1 + 1)))
+}
+
+# sleep_ms MS
+sleep_ms() { sleep "$(awk -v m="$1" 'BEGIN { printf "%.3f", m / 1000 }')"; }
+
+# figures KEY=VALUE...: the scenario's FIGURES line (name from the script).
+figures() {
+	echo "FIGURES $(basename "$0" .sh) $*"
+}
+
+# ackwrite_start DEV LOG SPAN: vmkit ackwrite in the background (ACK_PID).
+ackwrite_start() {
+	"$VMKIT" ackwrite --dev "$1" --log "$2" --block 4096 --span "$3" \
+		>>"$USRBD_TMP/ackwrite.out" 2>&1 &
+	ACK_PID=$!
+	track $ACK_PID
+}
+
+# ackwrite_stop: SIGTERM to ackwrite, wait for it; its exit status in ACK_RC
+# (0 clean stop, 2 stopped by an I/O error).
+# shellcheck disable=SC2034 # ACK_RC is for the scenarios
+ackwrite_stop() {
+	kill -TERM "$ACK_PID" 2>/dev/null || true
+	wait_until 60 "ackwrite $ACK_PID to stop" not_running "$ACK_PID"
+	ACK_RC=0
+	wait "$ACK_PID" 2>/dev/null || ACK_RC=$?
+}
+
+# ackcheck_image IMAGE LOG: every acknowledged block is on IMAGE; sets
+# ACK_CHECKED to the number of blocks checked.
+ackcheck_image() {
+	if ! out=$("$VMKIT" ackcheck --image "$1" --log "$2" --block 4096 2>&1); then
+		echo "$out"
+		fail "acknowledged writes missing from $1"
+	fi
+	# shellcheck disable=SC2034 # for the scenarios
+	ACK_CHECKED=$(echo "$out" | sed -n 's/^checked \([0-9]*\) blocks.*/\1/p' | tail -n 1)
+}
+
+# acked_count LOG: complete lines in an ackwrite log.
+acked_count() {
+	n=$(grep -c '^[0-9]* [0-9]* [0-9]*$' "$1" 2>/dev/null) || true
+	echo "${n:-0}"
+}
+
 # --- USB drive export (usb_* scenarios; added by the USB export work) -------
 # Gadget and host in one guest: dummy_hcd is both the UDC the gadget binds to
 # and the host controller that enumerates it as a SCSI disk.

@@ -14,6 +14,9 @@
 # Output goes to LOGS/name.out, the dmesg of the scenario to LOGS/name.dmesg.
 # A scenario that creates "$USRBD_TMP/.power-off-abruptly" ends the boot:
 # its result is written, then the VM is stopped with no sync and no cleanup.
+# One that creates "$USRBD_TMP/.host-kill" ends it harder: after its result,
+# the line USRBD-HOST-KILL asks the xtask to SIGKILL QEMU (sysrq o follows if
+# nobody does within 30 s, e.g. in `cargo xtask vm`).
 set -u
 
 . "$1"
@@ -112,6 +115,7 @@ echo "$SCENARIOS" | while IFS=: read -r limit script; do
 	fi
 	crash=0
 	[ -e "$USRBD_TMP/.power-off-abruptly" ] && [ "$rc" -eq 0 ] && crash=1
+	[ -e "$USRBD_TMP/.host-kill" ] && [ "$rc" -eq 0 ] && crash=2
 	if [ "$crash" -eq 0 ]; then
 		echo "--- runner cleanup" >>"$out"
 		if ! cleanup >>"$out" 2>&1; then
@@ -126,6 +130,12 @@ echo "$SCENARIOS" | while IFS=: read -r limit script; do
 		result "$name" PASS "$secs" ""
 	else
 		result "$name" FAIL "$secs" "$(echo "$reason" | tr '\t\n' '  ')"
+	fi
+	if [ "$crash" -eq 2 ]; then
+		echo "== $name asked the host to kill the VM" >&2
+		echo "USRBD-HOST-KILL"
+		sleep 30
+		crash=1
 	fi
 	if [ "$crash" -eq 1 ]; then
 		echo "== $name asked for an abrupt power-off: sysrq o" >&2

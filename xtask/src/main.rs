@@ -8,6 +8,7 @@ mod image;
 mod module;
 mod scenarios;
 mod setup;
+mod soak;
 mod test;
 mod vm;
 
@@ -25,6 +26,7 @@ tasks:
   image       build a flashable SD-card image (--board rpi3-64|rpi4-64)
   run-image   boot that image in QEMU raspi3b until the service serves
   bench       fio on usrbd, brd, null_blk, ublk and nbd in one VM; writes docs/benchmarks.md
+  soak        long reliability scenarios (rel_*, USRBD_SOAK=1); --docs writes docs/reliability.md
 ";
 
 fn main() -> Result<()> {
@@ -40,6 +42,7 @@ fn main() -> Result<()> {
         "image" => image::build(&rest),
         "run-image" => image::run(&rest),
         "bench" => bench::run(&rest),
+        "soak" => soak::run(&rest),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

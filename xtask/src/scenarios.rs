@@ -24,6 +24,14 @@ pub const GROUPS: &[Group] = &[
         cpus: 4,
         memory: "2G",
     },
+    // The reliability scenarios (rel_*.sh). 1 GiB so the memory-pressure
+    // hog fills it quickly. Ends with a power cut (QEMU killed by the
+    // host) whose aftermath the main group checks.
+    Group {
+        name: "rel",
+        cpus: 2,
+        memory: "1G",
+    },
     Group {
         name: "main",
         cpus: 2,

@@ -33,13 +33,13 @@ const BOOT_ALLOWANCE: Duration = Duration::from_secs(240);
 const PER_SCENARIO_SLACK_S: u64 = 60;
 
 /// Pass/fail lines as they happen, and the closing count.
-struct Report {
+pub(crate) struct Report {
     passed: usize,
     failed: usize,
 }
 
 impl Report {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Report {
             passed: 0,
             failed: 0,
@@ -90,7 +90,7 @@ impl Report {
         }
     }
 
-    fn finish(&self) -> ! {
+    pub(crate) fn finish(&self) -> ! {
         println!("{} passed, {} failed", self.passed, self.failed);
         std::process::exit(if self.failed == 0 { 0 } else { 1 });
     }
@@ -130,11 +130,13 @@ fn build_for_vm(paths: &Paths) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// What the guest scripts get: the plan file the runner, demo and shell read.
-struct Guest {
-    usrbd: PathBuf,
-    vmkit: PathBuf,
-    ko: PathBuf,
-    dir: PathBuf,
+pub(crate) struct Guest {
+    pub(crate) usrbd: PathBuf,
+    pub(crate) vmkit: PathBuf,
+    pub(crate) ko: PathBuf,
+    pub(crate) dir: PathBuf,
+    /// More shell lines for the plan (the soak sets USRBD_SOAK=1 here).
+    pub(crate) extra_env: String,
 }
 
 impl Guest {
@@ -148,13 +150,14 @@ impl Guest {
              export USRBD_TESTS='{}'\n\
              export USRBD_VMDIR='{}'\n\
              export USRBD_RWDIR='{}'\n\
-             {extra}",
+             {}{extra}",
             self.usrbd.display(),
             self.vmkit.display(),
             self.ko.display(),
             paths.repo.join("tests").display(),
             self.dir.display(),
             self.dir.join("data").display(),
+            self.extra_env,
         )
     }
 }
@@ -247,6 +250,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 vmkit,
                 ko,
                 dir,
+                extra_env: String::new(),
             };
             for group in GROUPS {
                 let members: Vec<&Scenario> =
@@ -277,7 +281,7 @@ pub fn run(args: &[String]) -> Result<()> {
     report.finish()
 }
 
-fn run_group(
+pub(crate) fn run_group(
     paths: &Paths,
     env: &Env,
     guest: &Guest,
@@ -396,6 +400,7 @@ fn prepare_guest(paths: &Paths, env: &Env, dir: &Path) -> Result<Guest> {
         vmkit,
         ko,
         dir: dir.to_path_buf(),
+        extra_env: String::new(),
     })
 }
 

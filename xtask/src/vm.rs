@@ -26,6 +26,9 @@ pub struct Vm {
     pub cwd: PathBuf,
 }
 
+/// A guest line asking the host to kill the VM at once (a power cut).
+pub const HOST_KILL_MARK: &str = "USRBD-HOST-KILL";
+
 /// How a non-interactive boot ended.
 pub struct Ended {
     /// vng's exit code (the command's, or 255 when the guest powered off).
@@ -93,6 +96,10 @@ impl Vm {
             match rx.recv_timeout(Duration::from_millis(250)) {
                 Ok(text) => {
                     let _ = writeln!(log_file, "{text}");
+                    if text.trim() == HOST_KILL_MARK {
+                        let _ = writeln!(log_file, "xtask: killing the VM (QEMU SIGKILL)");
+                        stop(child.id());
+                    }
                     on_line(&text);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
