@@ -5,7 +5,7 @@
 #   @@USRBD press TAG                       the host presses the button:
 #                                           QMP system_powerdown pulses PL061
 #                                           line 3 high for ~100 ms
-#   @@USRBD serving|safe|stop TAG           times the host checks the LED
+#   @@USRBD serving|idle|safe|stop TAG      times the host checks the LED
 #                                           trace against (status = line 4,
 #                                           error = line 5)
 #   @@USRBD done
@@ -87,7 +87,19 @@ json_field() {
 	echo "$1" | grep -o "\"$2\":\"\{0,1\}[a-z0-9_]*" | head -n 1 | sed 's/.*://; s/"//g'
 }
 
-state_is() { [ "$(json_field "$(status_json "$1")" state)" = "$2" ]; }
+# json_top JSON: JSON with every nested object replaced by `_`, so a key
+# (such as "state", also found in "kernel") is looked up at the top level only.
+json_top() {
+	j=$1
+	while :; do
+		k=$(echo "$j" | sed 's/\(.\){[^{}]*}/\1_/g')
+		[ "$k" = "$j" ] && break
+		j=$k
+	done
+	echo "$j"
+}
+
+state_is() { [ "$(json_field "$(json_top "$(status_json "$1")")" state)" = "$2" ]; }
 
 serving_or_gone() {
 	grep -q "usrbd: serving $DEV" "/tmp/$1.log" || ! kill -0 "$(cat "/tmp/$1.pid")" 2>/dev/null
@@ -119,7 +131,7 @@ serve() {
 check_served() {
 	json=$(status_json "$1")
 	echo "status: $json"
-	state=$(json_field "$json" state)
+	state=$(json_field "$(json_top "$json")" state)
 	[ "$state" = serving ] || fail "status state is '$state', want serving"
 	written=$(json_field "$json" bytes_written)
 	[ "${written:-0}" -ge $(($2 * MIB)) ] ||
@@ -131,6 +143,8 @@ check_served() {
 press_and_detach() {
 	[ -b "$DEV" ] || fail "no $DEV to detach"
 	kill -0 "$(cat "/tmp/$1.pid" 2>/dev/null)" 2>/dev/null || fail "the $1 service is not running"
+	mark idle "$1"
+	sleep 1.5 # the host checks the status LED is steady on meanwhile
 	mark press "$1"
 	wait_for 30 [ ! -e "$DEV" ] || fail "$DEV still present 30 s after the button press"
 	wait_for 10 state_is "$1" safe || fail "state is not safe after detach: $(status_json "$1")"

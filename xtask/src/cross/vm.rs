@@ -27,7 +27,7 @@ const STATUS_LINE: u32 = 4;
 const ERROR_LINE: u32 = 5;
 /// Services whose LED sequence the host checks (the guest's `serve` tags).
 const LED_TAGS: [&str; 2] = ["aarch64", "armv7"];
-/// Time the service gets after logging "serving" to settle its status LED.
+/// Time the service gets after the last I/O to settle its status LED.
 const SETTLE_S: f64 = 0.3;
 
 /// What goes into the VM.
@@ -53,6 +53,8 @@ struct Outcome {
 #[derive(Default, Debug)]
 struct Marks {
     serving: Option<f64>,
+    /// The guest's I/O is over; only the button press follows.
+    idle: Option<f64>,
     press: Option<f64>,
     safe: Option<f64>,
     stop: Option<f64>,
@@ -160,6 +162,7 @@ pub fn run(inputs: &Inputs) -> Result<(usize, usize)> {
                 }
             }
             "serving" => marks.entry(arg).or_default().serving = Some(when),
+            "idle" => marks.entry(arg).or_default().idle = Some(when),
             "safe" => marks.entry(arg).or_default().safe = Some(when),
             "stop" => marks.entry(arg).or_default().stop = Some(when),
             "done" => {
@@ -437,23 +440,30 @@ fn changes(edges: &[Edge], line: u32, from: f64, to: f64) -> Vec<Edge> {
     out
 }
 
-/// The contract's LED sequence for one service: status steady on while
-/// serving, toggling while detaching, off when safe; error off throughout.
+/// The contract's LED sequence for one service: status briefly off per I/O
+/// burst while the guest writes, steady on while serving idle, toggling
+/// while detaching, off when safe; error off throughout.
 fn check_leds(m: &Marks, edges: &[Edge]) -> std::result::Result<String, String> {
-    let (Some(serving), Some(press), Some(safe), Some(stop)) = (m.serving, m.press, m.safe, m.stop)
+    let (Some(serving), Some(idle), Some(press), Some(safe), Some(stop)) =
+        (m.serving, m.idle, m.press, m.safe, m.stop)
     else {
         return Err(format!("the guest did not reach every mark: {m:?}"));
     };
-    let from = serving + SETTLE_S;
-    if level_at(edges, STATUS_LINE, from) != 1 {
-        return Err(format!("status LED not on {SETTLE_S} s after serving"));
+    let activity = changes(edges, STATUS_LINE, serving, idle);
+    let blinks = activity.iter().filter(|e| e.level == 0).count();
+    if blinks == 0 {
+        return Err("status LED never blinked off for I/O while the guest wrote".into());
     }
-    let while_serving = changes(edges, STATUS_LINE, from, press);
-    if !while_serving.is_empty() {
+    let from = idle + SETTLE_S;
+    if level_at(edges, STATUS_LINE, from) != 1 {
+        return Err(format!("status LED not on {SETTLE_S} s after the last I/O"));
+    }
+    let while_idle = changes(edges, STATUS_LINE, from, press);
+    if !while_idle.is_empty() {
         return Err(format!(
             "status LED changed {} times while serving idle (first at +{:.3} s)",
-            while_serving.len(),
-            while_serving[0].time - serving
+            while_idle.len(),
+            while_idle[0].time - from
         ));
     }
     let detaching = changes(edges, STATUS_LINE, press, safe);
@@ -477,7 +487,7 @@ fn check_leds(m: &Marks, edges: &[Edge]) -> std::result::Result<String, String> 
     let first = detaching.first().map(|e| e.time).unwrap_or(press);
     let end = detaching.last().map(|e| e.time).unwrap_or(press);
     Ok(format!(
-        "on {:.1} s while serving; {} changes over {:.0} ms detaching; off while safe",
+        "{blinks} activity blinks; steady on {:.1} s idle; {} changes over {:.0} ms detaching; off while safe",
         press - from,
         detaching.len(),
         (end - first) * 1000.0
@@ -507,45 +517,56 @@ mod tests {
     fn marks() -> Marks {
         Marks {
             serving: Some(10.0),
+            idle: Some(15.0),
             press: Some(20.0),
             safe: Some(22.0),
             stop: Some(23.0),
         }
     }
 
-    #[test]
-    fn accepts_the_contract_sequence() {
-        let edges = [
-            edge(9.5, 4, 1),
-            edge(9.8, 4, 0),
+    /// On at serving, one activity blink, idle, 8 Hz while detaching, off.
+    fn contract() -> Vec<Edge> {
+        vec![
             edge(10.1, 4, 1),
+            edge(12.0, 4, 0),
+            edge(12.03, 4, 1),
             edge(20.2, 4, 0),
             edge(20.26, 4, 1),
             edge(20.32, 4, 0),
             edge(20.38, 4, 1),
             edge(20.5, 4, 0),
-        ];
-        assert!(check_leds(&marks(), &edges).is_ok());
+        ]
     }
 
     #[test]
-    fn rejects_a_flicker_while_serving_or_no_blink_or_error_led() {
-        let flicker = [
-            edge(10.1, 4, 1),
-            edge(15.0, 4, 0),
-            edge(15.05, 4, 1),
-            edge(20.5, 4, 0),
-        ];
+    fn accepts_the_contract_sequence() {
+        assert!(check_leds(&marks(), &contract()).is_ok());
+    }
+
+    #[test]
+    fn rejects_each_departure_from_the_contract() {
+        let mut flicker = contract();
+        flicker.extend([edge(17.0, 4, 0), edge(17.05, 4, 1)]);
+        flicker.sort_by(|a, b| a.time.total_cmp(&b.time));
         assert!(check_leds(&marks(), &flicker).is_err());
-        let no_blink = [edge(10.1, 4, 1), edge(20.5, 4, 0)];
+
+        let no_activity: Vec<Edge> = contract()
+            .into_iter()
+            .filter(|e| e.time > 13.0 || e.time < 11.0)
+            .collect();
+        assert!(check_leds(&marks(), &no_activity).is_err());
+
+        let no_blink: Vec<Edge> = contract()
+            .into_iter()
+            .filter(|e| e.time < 20.0 || e.time > 20.4)
+            .collect();
         assert!(check_leds(&marks(), &no_blink).is_err());
-        let mut error = vec![
-            edge(10.1, 4, 1),
-            edge(20.2, 4, 0),
-            edge(20.3, 4, 1),
-            edge(20.4, 4, 0),
-        ];
-        assert!(check_leds(&marks(), &error).is_ok());
+
+        let mut stays_on = contract();
+        stays_on.pop();
+        assert!(check_leds(&marks(), &stays_on).is_err());
+
+        let mut error = contract();
         error.push(edge(21.0, 5, 1));
         assert!(check_leds(&marks(), &error).is_err());
     }
