@@ -8,7 +8,8 @@
 #   JOBS_DIR              tests/bench/jobs (one fio job file per job)
 #   JOBS SYSTEMS          space-separated job and system names, in run order
 #   RUNS RUNTIME SIZE_MB  repetitions, seconds per fio run, device size
-#   PROFILE               1: also count syscalls and switches per request
+#   PROFILE               1: also count syscalls and switches per request,
+#                         and the same with usrbd's poll_spin_us=POLL_US
 #   OUT                   host directory for the results
 #
 # Every device is set up once and filled, then the runs go round-robin
@@ -212,20 +213,22 @@ run_block() {
 # count EVENT FILE: the value of one event in `perf stat -x,` output.
 count() { awk -F, -v e="$1" '$3 == e { print ($1 ~ /^[0-9.]+$/) ? $1 : 0; exit }' "$2"; }
 
-# profile SYSTEM JOB: one more, longer run, with perf counting the
+# profile SYSTEM JOB [LABEL]: one more, longer run, with perf counting the
 # service's syscalls and context switches. perf starts its workload (the
 # window script) only once the counters are live, so the requests counted in
 # that script fall in exactly the counted window, however slowly perf starts.
 profile() {
+	label=${3:-$1}
 	dev=$(var DEV "$1")
 	pid=$(var PID "$1")
-	stat="$OUT/logs/perf.$1.$2.txt"
-	win="$OUT/logs/window.$1.$2"
+	stat="$OUT/logs/perf.$label.$2.txt"
+	win="$OUT/logs/window.$label.$2"
 	pidf="$OUT/logs/fio.pid"
 	# exec: the pid written is fio's own, so the window's end can stop it.
 	# shellcheck disable=SC2016 # $$ and $1 belong to the inner shell
 	fio_env "$1" 600 sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$pidf" \
 		fio --output=/dev/null "$JOBS_DIR/$2.fio" >>"$OUT/logs/fio.err" 2>&1 &
+	fio_pid=$!
 	sleep 2
 	perf stat -x, -p "$pid" \
 		-e raw_syscalls:sys_enter,syscalls:sys_enter_ioctl,syscalls:sys_enter_io_uring_enter,context-switches \
@@ -234,18 +237,18 @@ profile() {
 			awk '{ printf \"%d\\n\", \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime" \
 		>"$win" 2>>"$OUT/logs/perf.err"
 	kill -INT "$(cat "$pidf")" 2>/dev/null
-	wait
+	wait "$fio_pid"
 	# The window script printed four numbers, one per line.
 	# shellcheck disable=SC2046
 	set -- "$1" "$2" $(cat "$win")
 	[ $# -eq 6 ] || die "profiling $1 $2: perf did not run the window ($(tail -n 3 "$OUT/logs/perf.err"))"
-	printf 'prof\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$(($5 - $3))" \
+	printf 'prof\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$2" "$(($5 - $3))" \
 		"$(awk -v a="$4" -v b="$6" 'BEGIN { print b - a }')" \
 		"$(count raw_syscalls:sys_enter "$stat")" \
 		"$(count syscalls:sys_enter_ioctl "$stat")" \
 		"$(count syscalls:sys_enter_io_uring_enter "$stat")" \
 		"$(count context-switches "$stat")" >>"$OUT/profile.tsv"
-	say "profiled $1 $2"
+	say "profiled $label $2"
 }
 
 # --- the run ----------------------------------------------------------------
@@ -273,6 +276,10 @@ for s in $SYSTEMS; do
 	say "$s is /dev/$(var DEV "$s") (server pid $(var PID "$s"))"
 done
 
+if [ -r /sys/module/usrbd/parameters/poll_spin_us ]; then
+	echo "poll_spin_us	$(cat /sys/module/usrbd/parameters/poll_spin_us)" >>"$OUT/guest.tsv"
+fi
+
 run=1
 while [ "$run" -le "$RUNS" ]; do
 	for s in $SYSTEMS; do
@@ -288,6 +295,18 @@ if [ "$PROFILE" = 1 ]; then
 			profile "$s" "$job"
 		done
 	done
+fi
+
+# The module's optional busy-poll before a worker sleeps, against the same
+# jobs: what it does to the sleep/wake round trip per request.
+POLL=/sys/module/usrbd/parameters/poll_spin_us
+if [ "$PROFILE" = 1 ] && [ -n "${PID_usrbd_ram:-}" ] && [ -w "$POLL" ]; then
+	was=$(cat "$POLL")
+	echo "$POLL_US" >"$POLL"
+	for job in randread-4k-qd1 randread-4k-qd32; do
+		profile usrbd-ram "$job" "usrbd-ram+poll_spin_us=$POLL_US"
+	done
+	echo "$was" >"$POLL"
 fi
 
 # Orderly teardown: the usrbd services detach on SIGTERM.

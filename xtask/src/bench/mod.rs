@@ -47,8 +47,12 @@ const PER_FIO_START_S: u64 = 30;
 const PER_JOB_SLACK_S: u64 = 10;
 /// Starting fio and perf for one profiled run.
 const PER_PROFILE_SLACK_S: u64 = 60;
-/// Jobs profiled per serving system (tests/bench/guest.sh).
+/// Jobs profiled per serving system (tests/bench/guest.sh), plus the two
+/// runs of usrbd-ram with the module's busy-poll on.
 const PROFILED_JOBS: usize = 3;
+const POLLED_RUNS: u64 = 2;
+/// poll_spin_us for those two runs: a few request round trips under TCG.
+const POLL_US: u32 = 50;
 
 #[derive(Debug, PartialEq)]
 struct Options {
@@ -232,7 +236,7 @@ pub fn run(args: &[String]) -> Result<()> {
         format!(
             "# written by cargo xtask bench; sourced by tests/bench/guest.sh\n\
              USRBD='{}'\nUSRBD_KO='{}'\nRUBLK='{}'\nJOBS_DIR='{}'\nOUT='{}'\n\
-             JOBS='{}'\nSYSTEMS='{}'\nRUNS={}\nRUNTIME={}\nSIZE_MB={}\nPROFILE={}\n",
+             JOBS='{}'\nSYSTEMS='{}'\nRUNS={}\nRUNTIME={}\nSIZE_MB={}\nPROFILE={}\nPOLL_US={POLL_US}\n",
             usrbd.display(),
             ko.display(),
             rublk.display(),
@@ -253,7 +257,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let per_block =
         opts.jobs.len() as u64 * (u64::from(opts.runtime_s) + PER_JOB_SLACK_S) + PER_FIO_START_S;
     let profiled = if opts.profile {
-        PROFILED_JOBS as u64 * opts.systems.len() as u64
+        PROFILED_JOBS as u64 * opts.systems.len() as u64 + POLLED_RUNS
     } else {
         0
     };
