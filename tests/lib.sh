@@ -314,9 +314,16 @@ detach_round_trip() {
 # USRBD_SOAK=1 (`cargo xtask soak`), and prints one line the soak collects:
 #   FIGURES <scenario> key=value ...
 
-# soak_or SHORT LONG: the value for this run.
+# soak_or SHORT LONG: the value for this run. A soak may be scaled down
+# (USRBD_SOAK_PERCENT, from `cargo xtask soak --percent N`), never below SHORT.
 soak_or() {
-	if [ "${USRBD_SOAK:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi
+	if [ "${USRBD_SOAK:-0}" = 1 ]; then
+		v=$(($2 * ${USRBD_SOAK_PERCENT:-100} / 100))
+		[ "$v" -gt "$1" ] || v=$1
+		echo "$v"
+	else
+		echo "$1"
+	fi
 }
 
 # rand_between MIN MAX: a random integer in [MIN, MAX] (dash has no $RANDOM).

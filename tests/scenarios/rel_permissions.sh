@@ -64,7 +64,7 @@ stop_server "$SERVER_PID"
 
 # Cross-device answers: vmkit fuzz serves devices A and B and answers tags
 # in flight on one device through the other's server fd.
-iterations=$(soak_or 20000 200000)
+iterations=$(soak_or 10000 200000)
 out=$USRBD_TMP/fuzz.out
 if ! "$VMKIT" fuzz --iterations "$iterations" >"$out" 2>&1; then
 	tail -n 60 "$out"

@@ -20,10 +20,12 @@ use crate::setup::{self, Paths, Scope};
 use crate::test::{self, Guest, Report};
 
 const USAGE: &str = "\
-usage: cargo xtask soak [--filter NAME]... [--power-cuts N] [--docs]
+usage: cargo xtask soak [--filter NAME]... [--power-cuts N] [--percent N] [--docs]
 
   --filter NAME   run only rel_* scenarios whose name contains NAME
   --power-cuts N  power cuts in all (each costs two boots; default 3)
+  --percent N     scale every soak count to N % (1..100, default 100; never
+                  below the CI count), for machines where TCG is slow
   --docs          write the figures into docs/reliability.md
 ";
 
@@ -38,6 +40,7 @@ const END: &str = "<!-- soak-figures:end -->";
 struct Options {
     filters: Vec<String>,
     power_cuts: u32,
+    percent: u32,
     docs: bool,
 }
 
@@ -45,6 +48,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
     let mut o = Options {
         filters: Vec::new(),
         power_cuts: 3,
+        percent: 100,
         docs: false,
     };
     let mut it = args.iter();
@@ -58,6 +62,14 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 o.power_cuts = n
                     .parse()
                     .with_context(|| format!("--power-cuts {n}: not a number"))?;
+            }
+            "--percent" => {
+                let n = it.next().context("--percent needs a number")?;
+                o.percent = n
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=100).contains(p))
+                    .with_context(|| format!("--percent {n}: want 1..100"))?;
             }
             "--docs" => o.docs = true,
             "-h" | "--help" => {
@@ -180,7 +192,10 @@ pub fn run(args: &[String]) -> Result<()> {
         vmkit,
         ko,
         dir: dir.clone(),
-        extra_env: "export USRBD_SOAK=1\n".to_string(),
+        extra_env: format!(
+            "export USRBD_SOAK=1\nexport USRBD_SOAK_PERCENT={}\n",
+            opts.percent
+        ),
     };
 
     let group = |name: &str| GROUPS.iter().find(|g| g.name == name);
@@ -211,10 +226,11 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let minutes = start.elapsed().as_secs_f64() / 60.0;
     let body = format!(
-        "Last soak: {} on {} (QEMU TCG, {} vCPUs per boot), {} boots, {:.0} min, {} passed, {} failed.\n\n{}",
+        "Last soak: {} on {} (QEMU TCG, {} vCPUs per boot), soak counts at {} %, {} boots, {:.0} min, {} passed, {} failed.\n\n{}",
         cmd_date(),
         env.kernel,
         rel.cpus,
+        opts.percent,
         boots.len(),
         minutes,
         rows.iter().filter(|r| r.passed).count(),
@@ -277,6 +293,17 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         );
         assert_eq!(f[1].pairs.len(), 2, "a word without = is skipped");
+    }
+
+    #[test]
+    fn options_parse() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let o = parse_args(&args(&["--percent", "25", "--power-cuts", "1", "--docs"])).unwrap();
+        assert_eq!((o.percent, o.power_cuts, o.docs), (25, 1, true));
+        assert_eq!(parse_args(&[]).unwrap().percent, 100);
+        assert!(parse_args(&args(&["--percent", "0"])).is_err());
+        assert!(parse_args(&args(&["--percent", "101"])).is_err());
+        assert!(parse_args(&args(&["--bogus"])).is_err());
     }
 
     #[test]
