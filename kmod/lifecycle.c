@@ -7,8 +7,9 @@
  *   create      -> WAITING (disk added, no server)
  *   attach      -> LIVE while at least one server fd is attached
  *   destroy     -> DRAINING: new opens fail; a graceful destroy writes
- *                  back and flushes through the servers and waits for
- *                  every request to end (deadline); a forced one skips that
+ *                  back and flushes through the servers, fails new I/O
+ *                  and waits for every request in flight to end
+ *                  (deadline); a forced one skips the flush and the wait
  *   del_gendisk -> DEAD: queues refuse I/O, every server gets USRBD_EV_GONE
  *   last reference dropped (table, gendisk, server fds) -> freed
  *
@@ -167,7 +168,7 @@ static const char *usrbd_create_invalid(const struct usrbd_create *c)
 	    c->physical_block_size > 4096 ||
 	    !is_power_of_2(c->physical_block_size))
 		return "physical_block_size must be a power of two, >= logical_block_size, <= 4096";
-	if (!c->size || c->size % c->logical_block_size || c->size > (u64)LLONG_MAX)
+	if (!c->size || !IS_ALIGNED(c->size, c->logical_block_size) || c->size > (u64)LLONG_MAX)
 		return "size must be a non-zero multiple of logical_block_size";
 	if (!c->nr_queues || c->nr_queues > usrbd_max_queues())
 		return "nr_queues must be 1 .. min(max_queues, online CPUs)";
@@ -376,6 +377,16 @@ static bool usrbd_dev_idle(struct usrbd_dev *dev)
 }
 
 /*
+ * A mounted filesystem (or any exclusive holder such as md or dm) would
+ * lose the dirty pages it has not written yet: a graceful destroy leaves
+ * such a disk alone. Plain opens (dd, fio, a USB gadget LUN) do not stop it.
+ */
+static bool usrbd_dev_claimed(struct usrbd_dev *dev)
+{
+	return READ_ONCE(dev->disk->part0->bd_holder);
+}
+
+/*
  * Graceful destroy, first step: write back and flush through the servers.
  * Bounded by the request timeout (a request nobody answers times out).
  */
@@ -468,7 +479,7 @@ int usrbd_dev_destroy(const struct usrbd_destroy *d)
 	spin_lock(&dev->state_lock);
 	if (dev->destroying) {
 		ret = -EBUSY;
-	} else if (dev->openers && !force) {
+	} else if (!force && usrbd_dev_claimed(dev)) {
 		openers = dev->openers;
 		ret = -EBUSY;
 	} else {
@@ -481,7 +492,7 @@ int usrbd_dev_destroy(const struct usrbd_destroy *d)
 	mutex_unlock(&usrbd_devs_lock);
 	if (ret) {
 		if (openers)
-			pr_info_ratelimited("%s: destroy refused: open %u times\n",
+			pr_info_ratelimited("%s: destroy refused: claimed (mounted), open %u times\n",
 					    dev->name, openers);
 		return ret;
 	}
@@ -501,6 +512,12 @@ int usrbd_dev_destroy(const struct usrbd_destroy *d)
 			usrbd_dev_put(dev);
 			return -EIO;
 		}
+		/*
+		 * What was written before is durable now. Plain openers (not
+		 * a mount) see the disk go away: new I/O fails at submission,
+		 * while the requests already in flight are still served.
+		 */
+		blk_mark_disk_dead(dev->disk);
 		ret = usrbd_drain(dev, deadline);
 		if (ret)
 			pr_warn("%s: drain deadline passed, failing what is left\n",
