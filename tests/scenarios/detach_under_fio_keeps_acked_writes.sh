@@ -15,7 +15,7 @@ srv=$SERVER_PID
 	--span $((32 * 1024 * 1024)) >"$USRBD_TMP/ackwrite.out" 2>&1 &
 ack=$!
 track $ack
-fio --name=load --filename=/dev/usrbd0 --rw=randwrite --bs=4k --iodepth=16 \
+fio --name=load --filename=/dev/usrbd0 --allow_file_create=0 --rw=randwrite --bs=4k --iodepth=16 \
 	--ioengine=libaio --direct=1 --offset=32M --size=32M --time_based \
 	--runtime=120 >"$USRBD_TMP/fio.out" 2>&1 &
 fio=$!
@@ -31,7 +31,8 @@ start=$(date +%s)
 out=$(timeout 120 "$USRBD" detach --socket "$(sock usrbd0)" 2>&1) || fail "usrbd detach failed: $out"
 log "usrbd detach ($(($(date +%s) - start)) s): $out"
 check "state is safe" state_is usrbd0 safe
-# The writers see the device go away and stop on their own.
+# The writers see the device go away (I/O errors) and stop on their own.
+# fio must not re-create the vanished node as a regular file.
 wait_until 60 "ackwrite to stop" not_running $ack
 wait_until 60 "fio to stop" not_running $fio
 cat "$USRBD_TMP/ackwrite.out"
