@@ -39,7 +39,7 @@ while [ $i -lt "$cycles" ]; do
 	wait_usb_disk usrbd "$size"
 	sd=$USB_SD
 	ackwrite_start "/dev/$sd" "$ack" $((16 * 1024 * 1024))
-	fio --name=load --filename="/dev/$sd" --rw=randwrite --bs=4k --iodepth=16 \
+	fio --name=load --thread --filename="/dev/$sd" --rw=randwrite --bs=4k --iodepth=16 \
 		--ioengine=libaio --direct=1 --offset=16M --size=16M --time_based \
 		--runtime=600 >"$USRBD_TMP/fio.out" 2>&1 &
 	fio=$!

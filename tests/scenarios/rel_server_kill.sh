@@ -34,8 +34,10 @@ i=0
 while [ $i -lt $cycles ]; do
 	i=$((i + 1))
 	# ackwrite owns the first half, fio keeps the queues full in the second.
+	# --thread: one process, so the SIGKILL below stops the writes too (a
+	# forked fio job would outlive its parent and keep writing).
 	ackwrite_start /dev/usrbd0 "$ack" $((16 * 1024 * 1024))
-	fio --name=load --filename=/dev/usrbd0 --rw=randwrite --bs=4k --iodepth=16 \
+	fio --name=load --thread --filename=/dev/usrbd0 --rw=randwrite --bs=4k --iodepth=16 \
 		--ioengine=libaio --direct=1 --offset=16M --size=16M --time_based \
 		--runtime=600 >"$USRBD_TMP/fio.out" 2>&1 &
 	fio=$!
