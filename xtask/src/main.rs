@@ -11,6 +11,7 @@ mod setup;
 mod soak;
 mod test;
 mod vm;
+mod yocto;
 
 use anyhow::{bail, Result};
 
@@ -26,6 +27,7 @@ tasks:
   image       build a flashable SD-card image (--board rpi3-64|rpi4-64)
   run-image   boot that image in QEMU raspi3b until the service serves
   bench       fio on usrbd, brd, null_blk, ublk and nbd in one VM; writes docs/benchmarks.md
+  yocto-check oelint-adv on the recipes, kas schema, crate list vs Cargo.lock
   soak        long reliability scenarios (rel_*, USRBD_SOAK=1); --docs writes docs/reliability.md
 ";
 
@@ -43,6 +45,7 @@ fn main() -> Result<()> {
         "run-image" => image::run(&rest),
         "bench" => bench::run(&rest),
         "soak" => soak::run(&rest),
+        "yocto-check" => yocto::run(&rest),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

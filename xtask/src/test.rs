@@ -96,7 +96,7 @@ impl Report {
     }
 }
 
-fn indent(text: &str) -> String {
+pub(crate) fn indent(text: &str) -> String {
     text.lines()
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
@@ -235,6 +235,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 module::checkpatch(&paths, script).map(|_| ())
             });
         }
+    }
+    if !opts.vm_only {
+        report.step("oelint-adv (yocto recipes)", || {
+            crate::yocto::lint_recipes(&paths)
+        });
+        report.step("kas schema (yocto/kas)", || crate::yocto::check_kas(&paths));
+        report.step("usrbd-crates.inc = Cargo.lock", || {
+            crate::yocto::check_crates(&paths)
+        });
     }
     let bins = report.step("build-release", || build_for_vm(&paths));
 
