@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * usrbd: the kernel API differences between the kernels the module builds
- * against (6.1 to 6.12 and later). Every version check lives here.
+ * against (6.1 to 6.12 and later). Every difference lives here; the
+ * USRBD_HAVE_* macros come from the header probes in Kbuild.
  */
 #ifndef USRBD_COMPAT_H
 #define USRBD_COMPAT_H
 
 #include <linux/blk-mq.h>
 #include <linux/blkdev.h>
-#include <linux/version.h>
 
 #include "usrbd.h"
 
@@ -23,7 +23,7 @@ struct usrbd_limits {
 	bool fua;
 };
 
-#if KERNEL_VERSION(6, 11, 0) <= LINUX_VERSION_CODE
+#ifdef USRBD_HAVE_LIMIT_FEATURES
 /*
  * 6.11 ("block: move the ... flag to queue_limits" series) moved the write
  * cache, FUA and rotational flags into queue_limits.features, and removed
@@ -59,7 +59,7 @@ static inline struct gendisk *usrbd_alloc_disk(struct blk_mq_tag_set *set,
 	struct request_queue *q;
 	struct gendisk *disk;
 
-#if KERNEL_VERSION(6, 9, 0) <= LINUX_VERSION_CODE
+#ifdef USRBD_HAVE_ALLOC_DISK_LIMITS
 	/* 6.9 added the queue_limits argument to blk_mq_alloc_disk(). */
 	disk = blk_mq_alloc_disk(set, NULL, data);
 #else
@@ -87,7 +87,7 @@ static inline struct gendisk *usrbd_alloc_disk(struct blk_mq_tag_set *set,
 }
 #endif
 
-#if KERNEL_VERSION(6, 5, 0) <= LINUX_VERSION_CODE
+#ifdef USRBD_HAVE_OPEN_GENDISK
 /*
  * 6.5 ("block: pass a gendisk to ->open", "block: remove the unused mode
  * argument to ->release") changed the block_device_operations signatures.
