@@ -122,10 +122,7 @@ pub fn check_crates(paths: &Paths) -> Result<()> {
     }
     println!(
         "    usrbd-crates.inc: {} crates, matches Cargo.lock",
-        fresh
-            .lines()
-            .filter(|l| l.starts_with("SRC_URI +="))
-            .count()
+        fresh.matches("crate://").count()
     );
     Ok(())
 }
