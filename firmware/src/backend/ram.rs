@@ -163,6 +163,10 @@ impl RamBackend {
         let map = Mapping { ptr, len };
         // SAFETY: the range is exactly our mapping. Failure (nothing locked) is fine.
         unsafe { libc::munlock(map.ptr.as_ptr().cast(), map.len) };
+        // Page-granular means 4 KiB pages: a transparent huge page would make
+        // one small write cost 2 MiB and keep a discard from freeing anything.
+        // SAFETY: as above; failure (no THP support) is fine.
+        unsafe { libc::madvise(map.ptr.as_ptr().cast(), map.len, libc::MADV_NOHUGEPAGE) };
         let ram = RamBackend {
             map,
             size,
