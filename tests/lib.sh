@@ -444,3 +444,11 @@ usb_medium_gone() {
 	echo "$err"
 	return 1
 }
+
+# --- crash consistency ---------------------------------------------------------
+# crash_payload: 5 MiB of deterministic pseudo-random bytes on stdout, so the
+# check after a power cut needs no side file that the cut could lose.
+crash_payload() {
+	openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass pass:usrbd-crash </dev/zero 2>/dev/null |
+		head -c 5242880
+}

@@ -16,10 +16,8 @@ check "mkfs.ext4" mkfs.ext4 -q -F /dev/usrbd0
 mount_dev /dev/usrbd0 "$USRBD_TMP/mnt"
 # Earlier, unsynced writes around it must not matter to the synced file.
 dd if=/dev/urandom of="$USRBD_TMP/mnt/noise" bs=1M count=4 status=none
-dd if=/dev/urandom of="$USRBD_TMP/mnt/synced" bs=1M count=5 conv=fsync status=none
+crash_payload | dd of="$USRBD_TMP/mnt/synced" bs=1M conv=fsync iflag=fullblock status=none
 sync "$USRBD_TMP/mnt"
-(cd "$USRBD_TMP/mnt" && sha256sum synced) >"$dir/expected.sha256"
-sync "$dir/expected.sha256"
 dd if=/dev/urandom of="$USRBD_TMP/mnt/unsynced" bs=1M count=2 status=none
-log "written and fsynced: $(cat "$dir/expected.sha256")"
+log "written and fsynced: $(sha256sum <"$USRBD_TMP/mnt/synced") synced"
 power_off_abruptly_after_this
