@@ -665,6 +665,7 @@ impl Service {
             &mut RealOps {
                 svc: self,
                 dev: dev.clone(),
+                detaching_since: None,
             },
             &mut progress,
         );
@@ -713,7 +714,13 @@ impl Service {
 struct RealOps<'a> {
     svc: &'a mut Service,
     dev: DeviceInfo,
+    /// When the "detaching" pattern went up, so it stays long enough to see.
+    detaching_since: Option<Instant>,
 }
+
+/// A detach of an idle device takes a few milliseconds: the user must still
+/// see the "syncing" blink before "safe to remove", or the press looks ignored.
+const DETACHING_SHOWN_AT_LEAST: Duration = Duration::from_millis(1000);
 
 impl RealOps<'_> {
     /// The device's major:minor, and its partitions' by the sysfs name.
@@ -895,9 +902,15 @@ impl DetachOps for RealOps<'_> {
         let err = || shared.lock().error.clone();
         match phase {
             Phase::Detaching => {
+                self.detaching_since = Some(Instant::now());
                 shared.show(ServiceState::Detaching, ApplianceState::Detaching, None)
             }
-            Phase::Safe => shared.show(ServiceState::Safe, ApplianceState::Safe, None),
+            Phase::Safe => {
+                if let Some(since) = self.detaching_since {
+                    thread::sleep(DETACHING_SHOWN_AT_LEAST.saturating_sub(since.elapsed()));
+                }
+                shared.show(ServiceState::Safe, ApplianceState::Safe, None)
+            }
             Phase::FailedServing => shared.show(
                 ServiceState::Error,
                 shared.serving_pattern(),
