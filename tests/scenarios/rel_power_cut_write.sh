@@ -28,7 +28,26 @@ mkdir -p "$mnt/synced"
 for n in 1 2 3 4 5 6 7 8; do
 	dd if=/dev/urandom of="$mnt/synced/file$n" bs=4k count=$((n * 8)) status=none
 done
-sync -f "$mnt"
+# Twice (CI run and soak, both after rel_device_churn) this syncfs never
+# returned and nothing more reached the backing file: bound it and show why.
+sync -f "$mnt" &
+syncer=$!
+deadline=$(($(date +%s) + 120))
+while running $syncer; do
+	if [ "$(date +%s)" -ge $deadline ]; then
+		for st in /proc/[0-9]*/stat; do
+			[ "$(sed 's/.*) //' "$st" 2>/dev/null | cut -d' ' -f1)" = D ] || continue
+			p=${st%/stat}
+			echo "D: ${p#/proc/} $(cat "$p/comm" 2>/dev/null)"
+			cat "$p/stack" 2>/dev/null
+		done
+		"$USRBD" status --socket "$(sock usrbd0)" --json 2>&1 | head -c 2000
+		tail -n 20 "$USRBD_TMP/server-usrbd0.log"
+		fail "syncfs of the ext4 on usrbd0 (backing file on 9p) still running after 120 s"
+	fi
+	sleep 1
+done
+wait $syncer || fail "syncfs of the ext4 on usrbd0 failed"
 tree_sums "$mnt/synced" >"$pc/expected.sums"
 sync "$pc/expected.sums"
 
