@@ -18,7 +18,7 @@
 #
 # Writes, one tab-separated line each:
 #   OUT/results.tsv  run SYSTEM JOB RUN IOPS BW_BYTES P99_NS CPU_TICKS DEV_BYTES RSS_KB
-#   OUT/profile.tsv  prof SYSTEM JOB REQUESTS SECONDS SYSCALLS IOCTLS URING_ENTERS CSW
+#   OUT/profile.tsv  prof SYSTEM JOB REQUESTS SECONDS SYSCALLS IOCTLS URING_ENTERS CSW SLEEPS
 #   OUT/guest.tsv    KEY VALUE (kernel, CPU, memory, tool versions)
 # fio's JSON output of every run lands in OUT/fio/. Progress lines start with
 # "bench: [UPTIME]"; the last one says "done" or "FAILED: why".
@@ -32,6 +32,7 @@ set -u
 MNT=/tmp/usrbd-bench
 HZ=$(getconf CLK_TCK)
 SNAP=$(dirname "$0")/snap.sh
+WINDOW=$(dirname "$0")/window.sh
 mkdir -p "$OUT/fio" "$OUT/logs" "$OUT/work" "$OUT/acct"
 : >"$OUT/results.tsv"
 : >"$OUT/profile.tsv"
@@ -214,7 +215,8 @@ run_block() {
 count() { awk -F, -v e="$1" '$3 == e { print ($1 ~ /^[0-9.]+$/) ? $1 : 0; exit }' "$2"; }
 
 # profile SYSTEM JOB [LABEL]: one more, longer run, with perf counting the
-# service's syscalls and context switches. perf starts its workload (the
+# service's syscalls and context switches (window.sh adds its sleeps:
+# voluntary switches). perf starts its workload (the
 # window script) only once the counters are live, so the requests counted in
 # that script fall in exactly the counted window, however slowly perf starts.
 profile() {
@@ -232,22 +234,20 @@ profile() {
 	sleep 2
 	perf stat -x, -p "$pid" \
 		-e raw_syscalls:sys_enter,syscalls:sys_enter_ioctl,syscalls:sys_enter_io_uring_enter,context-switches \
-		-o "$stat" -- sh -c "awk '{ printf \"%d\\n\", \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime;
-			sleep $RUNTIME;
-			awk '{ printf \"%d\\n\", \$1 + \$5 }' /sys/block/$dev/stat; cut -d' ' -f1 /proc/uptime" \
+		-o "$stat" -- sh "$WINDOW" "$dev" "$pid" "$RUNTIME" \
 		>"$win" 2>>"$OUT/logs/perf.err"
 	kill -INT "$(cat "$pidf")" 2>/dev/null
 	wait "$fio_pid"
-	# The window script printed four numbers, one per line.
+	# The window script printed two lines of three numbers.
 	# shellcheck disable=SC2046
 	set -- "$1" "$2" $(cat "$win")
-	[ $# -eq 6 ] || die "profiling $1 $2: perf did not run the window ($(tail -n 3 "$OUT/logs/perf.err"))"
-	printf 'prof\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$2" "$(($5 - $3))" \
-		"$(awk -v a="$4" -v b="$6" 'BEGIN { print b - a }')" \
+	[ $# -eq 8 ] || die "profiling $1 $2: perf did not run the window ($(tail -n 3 "$OUT/logs/perf.err"))"
+	printf 'prof\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$2" "$(($6 - $3))" \
+		"$(awk -v a="$4" -v b="$7" 'BEGIN { print b - a }')" \
 		"$(count raw_syscalls:sys_enter "$stat")" \
 		"$(count syscalls:sys_enter_ioctl "$stat")" \
 		"$(count syscalls:sys_enter_io_uring_enter "$stat")" \
-		"$(count context-switches "$stat")" >>"$OUT/profile.tsv"
+		"$(count context-switches "$stat")" "$(($8 - $5))" >>"$OUT/profile.tsv"
 	say "profiled $label $2"
 }
 

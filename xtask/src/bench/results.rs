@@ -75,7 +75,10 @@ pub struct Profile {
     pub syscalls: f64,
     pub ioctls: f64,
     pub uring_enters: f64,
+    /// Context switches, voluntary or not (perf's `context-switches`).
     pub switches: f64,
+    /// Voluntary context switches: the times the server went to sleep.
+    pub sleeps: f64,
 }
 
 impl Profile {
@@ -87,6 +90,9 @@ impl Profile {
     }
     pub fn switches_per_request(&self) -> Option<f64> {
         self.per_request(self.switches)
+    }
+    pub fn sleeps_per_request(&self) -> Option<f64> {
+        self.per_request(self.sleeps)
     }
     /// Requests per "serve" syscall: SERVE ioctls for usrbd, io_uring_enter
     /// for ublk; None for a server that uses neither (qemu-nbd's socket I/O).
@@ -139,13 +145,13 @@ pub fn parse_samples(text: &str) -> Result<Vec<Sample>> {
     Ok(out)
 }
 
-/// `prof SYSTEM JOB REQUESTS SECONDS SYSCALLS IOCTLS URING CSW` lines.
+/// `prof SYSTEM JOB REQUESTS SECONDS SYSCALLS IOCTLS URING CSW SLEEPS` lines.
 pub fn parse_profiles(text: &str) -> Result<Vec<Profile>> {
     let mut out = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("prof\t")) {
         let f: Vec<&str> = line.split('\t').collect();
-        if f.len() != 9 {
-            bail!("want 9 fields, got {}: `{line}`", f.len());
+        if f.len() != 10 {
+            bail!("want 10 fields, got {}: `{line}`", f.len());
         }
         out.push(Profile {
             system: f[1].to_string(),
@@ -156,6 +162,7 @@ pub fn parse_profiles(text: &str) -> Result<Vec<Profile>> {
             ioctls: num(&f, 6, line)?,
             uring_enters: num(&f, 7, line)?,
             switches: num(&f, 8, line)?,
+            sleeps: num(&f, 9, line)?,
         });
     }
     Ok(out)
@@ -352,10 +359,12 @@ mod tests {
 
     #[test]
     fn profiles_parse_and_count_per_request() {
-        let p = parse_profiles("prof\tusrbd-ram\tj\t1000\t3.0\t2500\t500\t0\t800\n").unwrap();
+        let p = parse_profiles("prof\tusrbd-ram\tj\t1000\t3.0\t2500\t500\t0\t800\t600\n").unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].syscalls_per_request(), Some(2.5));
         assert_eq!(p[0].switches_per_request(), Some(0.8));
+        assert_eq!(p[0].sleeps_per_request(), Some(0.6));
+        assert!(parse_profiles("prof\tusrbd-ram\tj\t1000\t3.0\t2500\t500\t0\t800\n").is_err());
         assert_eq!(p[0].requests_per_call(), Some(2.0));
         let nbd = Profile {
             system: "nbd".into(),
