@@ -17,6 +17,7 @@ rm -rf "$pc"
 mkdir -p "$pc"
 load_module
 start_server usrbd0 --size 64MiB --backend file --file "$pc/disk.img"
+srv0=$SERVER_PID
 start_server usrbd1 --size 16MiB --backend file --file "$pc/raw.img"
 check "mkfs.ext4" mkfs.ext4 -q -F /dev/usrbd0
 mnt=$USRBD_TMP/mnt
@@ -40,6 +41,10 @@ while running $syncer; do
 			p=${st%/stat}
 			echo "D: ${p#/proc/} $(cat "$p/comm" 2>/dev/null)"
 			cat "$p/stack" 2>/dev/null
+		done
+		for t in /proc/"$srv0"/task/*; do
+			echo "server thread ${t##*/}: $(sed 's/.*) //' "$t/stat" | cut -d' ' -f1) wchan=$(cat "$t/wchan" 2>/dev/null)"
+			cat "$t/stack" 2>/dev/null
 		done
 		"$USRBD" status --socket "$(sock usrbd0)" --json 2>&1 | head -c 2000
 		tail -n 20 "$USRBD_TMP/server-usrbd0.log"
