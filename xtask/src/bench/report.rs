@@ -238,6 +238,16 @@ fn where_time_goes(s: &mut String, run: &Run) {
             );
         }
         s.push('\n');
+        if run.profiles.iter().any(|q| q.system.contains("+poll")) {
+            let _ = writeln!(
+                s,
+                "The module's busy-poll before a worker sleeps (`poll_spin_us`, {} \
+                 in the runs above), switched on for two more runs:\n",
+                get(run.guest, "poll_spin_us")
+            );
+            poll_effect(s, run);
+            s.push('\n');
+        }
     }
     let missed: Vec<(Target, f64)> = targets()
         .into_iter()
@@ -337,15 +347,59 @@ fn diagnose(run: &Run, t: &Target) -> String {
         );
     } else {
         out.push_str(
-            "Few syscalls and switches per request: the time goes into moving \
-             the data (one `copy_to_user`/`copy_from_user` per request between \
-             the bio pages and the worker's buffer, then the backend's own copy) \
-             and per-request work; mapping the request pages instead of copying \
-             and fewer, larger requests (`--max-io`; usrbd splits 1 MiB into \
-             256 KiB requests by default, rublk into 512 KiB) are the levers.",
+            "Few syscalls and sleeps per request: the time goes into the server's \
+             own CPU work, which shares the 2 vCPUs with fio",
         );
+        if let Some(us) = cpu_us_per_io(run, t.system, t.job) {
+            let _ = write!(out, " ({us:.0} µs of server CPU per fio I/O in {})", t.job);
+        }
+        out.push_str(
+            ": moving the data (one `copy_to_user`/`copy_from_user` per request \
+             between the bio pages and the worker's buffer, then the backend's own \
+             copy) and per-request work. Mapping the request pages instead of \
+             copying is the lever",
+        );
+        if t.job.contains("-1m-") {
+            out.push_str(
+                ", with fewer, larger requests (`--max-io`: usrbd splits 1 MiB into \
+                 256 KiB requests by default, rublk into 512 KiB)",
+            );
+        }
+        out.push('.');
     }
     out
+}
+
+/// Server CPU time per fio I/O of `job`, from the CPU seconds per GiB.
+fn cpu_us_per_io(run: &Run, system: &str, job: &str) -> Option<f64> {
+    let io_bytes = if job.contains("-1m-") {
+        1024.0 * 1024.0
+    } else {
+        4096.0
+    };
+    let s_per_gib = run.table.get(system, job)?.cpu_s_per_gib?;
+    Some(s_per_gib * io_bytes / (1024.0 * 1024.0 * 1024.0) * 1e6)
+}
+
+/// What the module's busy-poll did to the same jobs, side by side.
+fn poll_effect(s: &mut String, run: &Run) {
+    for q in run.profiles.iter().filter(|q| q.system.contains("+poll")) {
+        let Some((base, setting)) = q.system.split_once('+') else {
+            continue;
+        };
+        let Some(p) = profile_of(run, base, &q.job) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "- {base} {}, {setting}: {:.2} sleeps per request (off: {:.2}), {} requests/s (off: {}).",
+            q.job,
+            q.sleeps_per_request().unwrap_or(0.0),
+            p.sleeps_per_request().unwrap_or(0.0),
+            fmt_iops(rate(q)),
+            fmt_iops(rate(p))
+        );
+    }
 }
 
 fn rate(p: &Profile) -> f64 {
@@ -437,5 +491,8 @@ mod tests {
         ));
         assert!(md.contains("| usrbd-file ≥ 1.0× ublk-loop on randread-4k-qd1 | – | not run |"));
         assert!(md.contains("![ratio to brd per job](benchmarks.svg)"));
+        assert!(md.contains(
+            "- usrbd-ram randread-4k-qd32, poll_spin_us=50: 0.01 sleeps per request (off: 0.90), 3000 requests/s (off: 1000)."
+        ));
     }
 }
