@@ -35,6 +35,7 @@ const PACKAGES: &[&str] = &[
     "kmod",
     "libc6-dev",
     "make",
+    "openssl",
     "perl",
     "procps",
     "python3",
