@@ -21,22 +21,34 @@ start_panel
 # Each LED change as the kernel delivers it to the uinput device. The
 # activity LED's per-I/O flicker is summed up, and a blinking status LED
 # (changes less than 0.4 s apart) is shown once per run of blinks.
-tail -n +1 -f "$PANEL_EVENTS" | awk '
-	$2 == "activity" { if ($3 == 1) act++; next }
-	{
-		t = $1 / 1000
-		if (act) { printf "   [led] activity LED flashed %d times\n", act; act = 0 }
-		if ($2 == "status") {
-			gap = t - last; last = t
-			if (gap < 0.4) {
-				if (!blinking) printf "   [led] %7.2f s  status blinking\n", t
-				blinking = 1; fflush(); next
-			}
-			blinking = 0
-		}
-		printf "   [led] %7.2f s  %-6s %s\n", t, $2, ($3 == 1 ? "on" : "off")
-		fflush()
-	}' &
+# (A shell loop, not awk: mawk buffers its input from a pipe.)
+tail -n +1 -f "$PANEL_EVENTS" | {
+	act=0
+	last=-1000
+	blinking=0
+	while read -r ms led val; do
+		if [ "$led" = activity ]; then
+			[ "$val" = 1 ] && act=$((act + 1))
+			continue
+		fi
+		if [ "$act" -gt 0 ]; then
+			echo "   [led] activity LED flashed $act times"
+			act=0
+		fi
+		secs=$(printf '%d.%02d' $((ms / 1000)) $((ms % 1000 / 10)))
+		if [ "$led" = status ]; then
+			gap=$((ms - last))
+			last=$ms
+			if [ "$gap" -lt 400 ]; then
+				[ "$blinking" = 1 ] || echo "   [led] ${secs} s  status blinking"
+				blinking=1
+				continue
+			fi
+			blinking=0
+		fi
+		echo "   [led] ${secs} s  $led $(on_off "$val")"
+	done
+} &
 track $!
 
 image=$USRBD_RWDIR/demo-ram.img
