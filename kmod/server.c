@@ -11,6 +11,10 @@
  * READ data when its answer is applied. No user copy happens under a
  * spinlock: a request being copied is marked FETCHING or COMPLETING so
  * that nobody else (timeout, server death, destroy) ends it meanwhile.
+ * Those copies never take a page fault, since a fault may wait on anything
+ * (a userfaultfd, a file mapping, even this very device) and the request
+ * could then neither complete nor time out: a copy that would fault gives
+ * the request back (QUEUED or HELD), faults the buffer in, and tries again.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -20,6 +24,7 @@
 #include <linux/fs.h>
 #include <linux/highmem.h>
 #include <linux/ktime.h>
+#include <linux/pagemap.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
@@ -27,29 +32,48 @@
 
 #include "usrbd.h"
 
+/*
+ * Fault-ins per SERVE step before giving up with EFAULT: a page can be lost
+ * again between fault-in and copy (reclaim), but not forever.
+ */
+#define USRBD_FAULT_RETRIES	8
+
 struct usrbd_server {
 	struct usrbd_dev *dev;
 	struct usrbd_queue *q;
 	u64 buf_addr;
+	/* USRBD_ATTACH_LINEAR: the buffer is the device, addressed by offset. */
+	bool linear;
 	/* The address space buf_addr belongs to; SERVE runs only there. */
 	struct mm_struct *mm;
 };
 
-static void __user *usrbd_server_buf(struct usrbd_server *srv, u32 tag)
+/* Where the data of @rq lives in the server's memory. */
+static void __user *usrbd_server_buf(struct usrbd_server *srv,
+				     struct request *rq,
+				     const struct usrbd_cmd *cmd)
 {
-	return u64_to_user_ptr(srv->buf_addr + (u64)tag * srv->dev->max_io_bytes);
+	if (srv->linear)
+		return u64_to_user_ptr(srv->buf_addr + usrbd_rq_offset(rq, cmd));
+	return u64_to_user_ptr(srv->buf_addr +
+			       (u64)cmd->tag * srv->dev->max_io_bytes);
 }
 
-/* Copy a READ/WRITE payload between the bio pages and the server buffer. */
-static int usrbd_copy_data(struct request *rq, void __user *ubuf, bool to_server)
+/*
+ * Copy a READ/WRITE payload between the bio pages and the server buffer,
+ * failing (false) where a page of the buffer is not present rather than
+ * faulting it in: see the comment at the top.
+ */
+static bool usrbd_copy_data(struct request *rq, void __user *ubuf, bool to_server)
 {
 	struct req_iterator iter;
 	struct bio_vec bv;
+	unsigned long left = 0;
 	size_t off = 0;
 
+	pagefault_disable();
 	rq_for_each_segment(bv, rq, iter) {
 		void *kaddr = bvec_kmap_local(&bv);
-		unsigned long left;
 
 		if (to_server) {
 			left = copy_to_user(ubuf + off, kaddr, bv.bv_len);
@@ -59,10 +83,11 @@ static int usrbd_copy_data(struct request *rq, void __user *ubuf, bool to_server
 		}
 		kunmap_local(kaddr);
 		if (left)
-			return -EFAULT;
+			break;
 		off += bv.bv_len;
 	}
-	return 0;
+	pagefault_enable();
+	return !left;
 }
 
 static int usrbd_reject(struct usrbd_queue *q, const struct usrbd_completion *c,
@@ -74,19 +99,21 @@ static int usrbd_reject(struct usrbd_queue *q, const struct usrbd_completion *c,
 	return -EINVAL;
 }
 
-static int usrbd_complete_one(struct usrbd_server *srv,
-			      const struct usrbd_completion *c)
+/*
+ * Apply one answer. Returns 0, -EINVAL (refused), or -EAGAIN when the READ
+ * data could not be copied without a fault: the request is HELD again and
+ * *fault names the buffer to fault in before trying again.
+ */
+static int usrbd_complete_try(struct usrbd_server *srv,
+			      const struct usrbd_completion *c,
+			      void __user **fault)
 {
 	struct usrbd_queue *q = srv->q;
 	struct usrbd_cmd *cmd = NULL;
 	blk_status_t status = BLK_STS_OK;
 	const char *why = NULL;
 	struct request *rq;
-
-	if (c->tag >= q->dev->queue_depth)
-		return usrbd_reject(q, c, "tag out of range");
-	if (c->result > 0 || c->result < -MAX_ERRNO)
-		return usrbd_reject(q, c, "result is neither 0 nor -errno");
+	void __user *buf;
 
 	spin_lock_irq(&q->lock);
 	rq = q->held[c->tag];
@@ -109,23 +136,48 @@ static int usrbd_complete_one(struct usrbd_server *srv,
 
 	if (c->result) {
 		status = errno_to_blk_status(c->result);
-	} else if (cmd->op == USRBD_OP_READ &&
-		   usrbd_copy_data(rq, usrbd_server_buf(srv, c->tag), false)) {
-		/* Bad buffer: the server keeps the request and may answer again. */
-		spin_lock_irq(&q->lock);
-		if (!q->dead) {
-			cmd->state = USRBD_CMD_HELD;
-			q->held[c->tag] = rq;
+	} else if (cmd->op == USRBD_OP_READ) {
+		buf = usrbd_server_buf(srv, rq, cmd);
+		if (!usrbd_copy_data(rq, buf, false)) {
+			/* The server keeps the request while its buffer faults in. */
+			spin_lock_irq(&q->lock);
+			if (!q->dead) {
+				cmd->state = USRBD_CMD_HELD;
+				q->held[c->tag] = rq;
+				spin_unlock_irq(&q->lock);
+				*fault = buf;
+				return -EAGAIN;
+			}
+			cmd->state = USRBD_CMD_IDLE;
 			spin_unlock_irq(&q->lock);
-			return -EFAULT;
+			status = BLK_STS_IOERR;
 		}
-		cmd->state = USRBD_CMD_IDLE;
-		spin_unlock_irq(&q->lock);
-		usrbd_end_request(q, rq, BLK_STS_IOERR);
-		return -EFAULT;
 	}
 	usrbd_end_request(q, rq, status);
 	return 0;
+}
+
+static int usrbd_complete_one(struct usrbd_server *srv,
+			      const struct usrbd_completion *c)
+{
+	struct usrbd_queue *q = srv->q;
+	void __user *fault = NULL;
+	unsigned int attempt;
+	int ret;
+
+	if (c->tag >= q->dev->queue_depth)
+		return usrbd_reject(q, c, "tag out of range");
+	if (c->result > 0 || c->result < -MAX_ERRNO)
+		return usrbd_reject(q, c, "result is neither 0 nor -errno");
+
+	for (attempt = 0; ; attempt++) {
+		ret = usrbd_complete_try(srv, c, &fault);
+		if (ret != -EAGAIN)
+			return ret;
+		/* A bad buffer, or one that keeps losing its pages. */
+		if (attempt == USRBD_FAULT_RETRIES || fault_in_readable(fault, c->len))
+			return -EFAULT;
+	}
 }
 
 static noinline_for_stack int
@@ -204,10 +256,26 @@ static void usrbd_hand_over(struct usrbd_queue *q, struct request **rqs,
 	usrbd_fail_list(q, &victims, BLK_STS_IOERR);
 }
 
-/* Fetch up to @max (<= USRBD_SERVE_CHUNK) requests; returns how many. */
+/* copy_to_user() that fails rather than fault: see the comment at the top. */
+static unsigned long usrbd_copy_to_user_nofault(void __user *to, const void *from,
+						unsigned long n)
+{
+	unsigned long left;
+
+	pagefault_disable();
+	left = copy_to_user(to, from, n);
+	pagefault_enable();
+	return left;
+}
+
+/*
+ * Fetch up to @max (<= USRBD_SERVE_CHUNK) requests; returns how many, or
+ * -EAGAIN when a copy would have faulted: the requests are queued again
+ * and *fault, *fault_len name the user memory to fault in before retrying.
+ */
 static noinline_for_stack int
 usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
-		  u32 max, u32 *events)
+		  u32 max, u32 *events, void __user **fault, size_t *fault_len)
 {
 	struct usrbd_request out[USRBD_SERVE_CHUNK];
 	struct request *rqs[USRBD_SERVE_CHUNK];
@@ -236,6 +304,7 @@ usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 
 	for (i = 0; i < n; i++) {
 		struct usrbd_cmd *cmd = blk_mq_rq_to_pdu(rqs[i]);
+		void __user *buf = usrbd_server_buf(srv, rqs[i], cmd);
 
 		out[i] = (struct usrbd_request) {
 			.tag	= cmd->tag,
@@ -245,17 +314,23 @@ usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 			.offset	= usrbd_rq_offset(rqs[i], cmd),
 		};
 		if (cmd->op == USRBD_OP_WRITE &&
-		    usrbd_copy_data(rqs[i], usrbd_server_buf(srv, cmd->tag), true))
+		    !usrbd_copy_data(rqs[i], buf, true)) {
+			*fault = buf;
+			*fault_len = cmd->len;
 			goto fault;
+		}
 	}
-	if (n && copy_to_user(ureq, out, n * sizeof(out[0])))
+	if (n && usrbd_copy_to_user_nofault(ureq, out, n * sizeof(out[0]))) {
+		*fault = ureq;
+		*fault_len = n * sizeof(out[0]);
 		goto fault;
+	}
 	usrbd_hand_over(q, rqs, n, events);
 	return n;
 
 fault:
 	usrbd_requeue(q, rqs, n);
-	return -EFAULT;
+	return -EAGAIN;
 }
 
 static bool usrbd_queue_ready(struct usrbd_queue *q)
@@ -291,16 +366,25 @@ static void usrbd_wait_for_work(struct usrbd_queue *q, u32 wait_ms)
 static int usrbd_fetch(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 		       u32 max, u32 wait_ms, u32 *nr, u32 *events)
 {
+	unsigned int faults = 0;
 	bool waited = false;
 
 	for (;;) {
 		while (*nr < max) {
 			u32 want = min_t(u32, max - *nr, USRBD_SERVE_CHUNK);
-			int got = usrbd_fetch_chunk(srv, ureq + *nr, want, events);
+			void __user *fault = NULL;
+			size_t fault_len = 0;
+			int got = usrbd_fetch_chunk(srv, ureq + *nr, want, events,
+						    &fault, &fault_len);
 
-			/* Requests already handed over must be reported. */
-			if (got < 0)
-				return *nr ? 0 : got;
+			if (got == -EAGAIN) {
+				/* Without writing: the buffer may be a linear device. */
+				if (faults++ < USRBD_FAULT_RETRIES &&
+				    !fault_in_safe_writeable(fault, fault_len))
+					continue;
+				/* Requests already handed over must be reported. */
+				return *nr ? 0 : -EFAULT;
+			}
 			*nr += got;
 			if (got < want)
 				break;
@@ -378,7 +462,9 @@ static const struct file_operations usrbd_server_fops = {
 /* Returns the new server fd, or a negative errno. */
 int usrbd_server_attach(struct usrbd_dev *dev, const struct usrbd_attach *a)
 {
-	u64 need = (u64)dev->queue_depth * dev->max_io_bytes;
+	bool linear = a->flags & USRBD_ATTACH_LINEAR;
+	/* Every request lies inside the device: the size bounds a linear buffer. */
+	u64 need = linear ? dev->size : (u64)dev->queue_depth * dev->max_io_bytes;
 	struct usrbd_server *srv;
 	struct usrbd_queue *q;
 	int ret = 0;
@@ -405,6 +491,7 @@ int usrbd_server_attach(struct usrbd_dev *dev, const struct usrbd_attach *a)
 	srv->dev = dev;
 	srv->q = q;
 	srv->buf_addr = a->buf_addr;
+	srv->linear = linear;
 
 	spin_lock_irq(&q->lock);
 	if (q->dead)

@@ -59,7 +59,22 @@ cleanup() {
 	done
 	sleep 1
 	for m in $(awk '$1 ~ /^\/dev\/(usrbd|loop)/ {print $2}' /proc/mounts | sort -r); do
-		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+		# An umount stuck in D state ignores signals: wait at most 60 s,
+		# then detach lazily, report it, and go on with the next scenario.
+		umount "$m" 2>/dev/null &
+		umounter=$!
+		i=0
+		while kill -0 "$umounter" 2>/dev/null && [ "$i" -lt 60 ]; do
+			sleep 1
+			i=$((i + 1))
+		done
+		if kill -0 "$umounter" 2>/dev/null; then
+			echo "cleanup: umount $m still running after 60 s"
+			umount -l "$m" 2>/dev/null || true
+			rc=1
+		elif ! wait "$umounter"; then
+			umount -l "$m" 2>/dev/null || true
+		fi
 	done
 	losetup -D 2>/dev/null || true
 	if [ -c /dev/usrbd-control ]; then

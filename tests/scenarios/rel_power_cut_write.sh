@@ -36,15 +36,22 @@ syncer=$!
 deadline=$(($(date +%s) + 120))
 while running $syncer; do
 	if [ "$(date +%s)" -ge $deadline ]; then
-		for st in /proc/[0-9]*/stat; do
+		# Every thread, not only /proc/PID: the server's workers are threads.
+		for st in /proc/[0-9]*/task/[0-9]*/stat; do
 			[ "$(sed 's/.*) //' "$st" 2>/dev/null | cut -d' ' -f1)" = D ] || continue
-			p=${st%/stat}
-			echo "D: ${p#/proc/} $(cat "$p/comm" 2>/dev/null)"
-			cat "$p/stack" 2>/dev/null
+			t=${st%/stat}
+			echo "D: ${t#/proc/} $(cat "$t/comm" 2>/dev/null)"
+			cat "$t/stack" 2>/dev/null
 		done
 		for t in /proc/"$srv0"/task/*; do
 			echo "server thread ${t##*/}: $(sed 's/.*) //' "$t/stat" | cut -d' ' -f1) wchan=$(cat "$t/wchan" 2>/dev/null)"
 			cat "$t/stack" 2>/dev/null
+		done
+		# blk-mq's own view: each busy request's state, flags and tag.
+		mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+		for f in /sys/kernel/debug/block/usrbd0/hctx*/busy /sys/kernel/debug/block/usrbd0/hctx*/dispatch \
+			/sys/kernel/debug/block/usrbd0/state /sys/kernel/debug/block/usrbd0/requeue_list; do
+			if [ -e "$f" ]; then echo "$f:"; cat "$f"; fi
 		done
 		"$USRBD" status --socket "$(sock usrbd0)" --json 2>&1 | head -c 2000
 		tail -n 20 "$USRBD_TMP/server-usrbd0.log"

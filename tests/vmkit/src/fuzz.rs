@@ -10,7 +10,7 @@
 
 mod cases;
 mod exec;
-mod rig;
+pub(crate) mod rig;
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -11,6 +11,7 @@ mod block;
 mod fuzz;
 mod leds_check;
 mod panel;
+mod stall;
 mod stop;
 
 #[derive(Parser, Debug)]
@@ -32,6 +33,8 @@ enum Cmd {
     Ackcheck(ackcheck::Args),
     /// Send malformed ioctls to usrbd.ko while its devices keep serving
     Fuzz(fuzz::Args),
+    /// A server stuck faulting on its buffer: I/O must time out, destroy work
+    Stall(stall::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Cmd::Ackwrite(a) => ackwrite::run(a),
         Cmd::Ackcheck(a) => ackcheck::run(a),
         Cmd::Fuzz(a) => fuzz::run(a),
+        Cmd::Stall(a) => stall::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmkit: {e:#}");
