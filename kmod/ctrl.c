@@ -33,6 +33,7 @@ static long usrbd_ioc_version(void __user *arg)
 		.max_queue_depth = USRBD_MAX_QUEUE_DEPTH,
 		.max_io_bytes	= USRBD_MAX_IO_BYTES,
 		.max_batch	= USRBD_MAX_BATCH,
+		.attach_flags	= USRBD_ATTACH_LINEAR,
 	};
 
 	return copy_to_user(arg, &v, sizeof(v)) ? -EFAULT : 0;
@@ -101,8 +102,8 @@ static long usrbd_ioc_attach(void __user *arg)
 
 	if (copy_from_user(&a, arg, sizeof(a)))
 		return -EFAULT;
-	if (a.flags || a.reserved) {
-		pr_warn_ratelimited("attach: flags and reserved must be zero\n");
+	if ((a.flags & ~USRBD_ATTACH_LINEAR) || a.reserved) {
+		pr_warn_ratelimited("attach: unknown flags or reserved not zero\n");
 		return -EINVAL;
 	}
 	dev = usrbd_dev_get(a.index);

@@ -8,6 +8,7 @@ use std::ptr::NonNull;
 use nix::errno::Errno;
 use serde::Serialize;
 
+use crate::backend::Memory;
 use crate::error::DeviceError;
 use crate::uapi::*;
 
@@ -212,27 +213,62 @@ impl Control {
         depth: u32,
         max_io: u32,
     ) -> Result<ServerFd, DeviceError> {
-        let buf = TagBuffer::new(depth, max_io)?;
+        let tags = TagBuffer::new(depth, max_io)?;
+        let (addr, len) = (tags.ptr.as_ptr() as usize as u64, tags.len as u64);
+        // SAFETY: the buffer lives in the returned ServerFd, which closes the fd
+        // before unmapping it (fields drop in order).
+        let fd = unsafe { self.attach_raw(index, queue, addr, len, 0)? };
+        Ok(ServerFd {
+            fd,
+            buf: Some(tags),
+            queue,
+        })
+    }
+
+    /// Attaches a server to one hardware queue whose buffer is the whole device,
+    /// `mem` (USRBD_ATTACH_LINEAR): the module copies request data straight between
+    /// the bio and that memory.
+    ///
+    /// # Safety
+    /// `mem` must stay mapped and writable until the returned fd is dropped.
+    pub unsafe fn attach_linear(
+        &self,
+        index: u32,
+        queue: u32,
+        mem: Memory,
+    ) -> Result<ServerFd, DeviceError> {
+        // SAFETY: the caller keeps `mem` mapped for the fd's lifetime.
+        let fd = unsafe { self.attach_raw(index, queue, mem.addr, mem.len, USRBD_ATTACH_LINEAR)? };
+        Ok(ServerFd {
+            fd,
+            buf: None,
+            queue,
+        })
+    }
+
+    /// # Safety
+    /// `[addr, addr + len)` must stay mapped and writable until the fd is dropped.
+    unsafe fn attach_raw(
+        &self,
+        index: u32,
+        queue: u32,
+        addr: u64,
+        len: u64,
+        flags: u32,
+    ) -> Result<OwnedFd, DeviceError> {
         let a = usrbd_attach {
             index,
             queue,
-            buf_addr: buf.ptr.as_ptr() as usize as u64,
-            buf_len: buf.len as u64,
-            flags: 0,
+            buf_addr: addr,
+            buf_len: len,
+            flags,
             reserved: 0,
         };
-        // SAFETY: a is a valid usrbd_attach; the buffer it names lives in the
-        // returned ServerFd and outlives the fd (fields drop in order).
+        // SAFETY: a is a valid usrbd_attach; the caller keeps the memory it names.
         let fd = unsafe { usrbd_ioc_attach(self.fd(), &a) }
             .map_err(|e| ioctl_err(&format!("USRBD_IOC_ATTACH queue {queue}"), Some(index), e))?;
         // SAFETY: ATTACH returns a new fd that we now own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(ServerFd {
-            fd,
-            buf,
-            queue,
-            max_io,
-        })
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
 
@@ -240,6 +276,8 @@ impl Control {
 struct TagBuffer {
     ptr: NonNull<u8>,
     len: usize,
+    /// Bytes per tag: the device's max_io.
+    slot_len: u32,
 }
 
 // SAFETY: the mapping is owned by one ServerFd; only its owner touches it.
@@ -269,7 +307,11 @@ impl TagBuffer {
             len,
             errno: Errno::ENOMEM,
         })?;
-        Ok(TagBuffer { ptr, len })
+        Ok(TagBuffer {
+            ptr,
+            len,
+            slot_len: max_io,
+        })
     }
 }
 
@@ -295,13 +337,13 @@ pub struct ServeError {
     pub completed: u32,
 }
 
-/// A server fd bound to one device queue, with its tag buffer.
+/// A server fd bound to one device queue, with its tag buffer (none when the
+/// buffer is the backend's memory, a linear attach).
 pub struct ServerFd {
     // Declared before `buf`: the fd closes (kernel forgets the buffer) before unmap.
     fd: OwnedFd,
-    buf: TagBuffer,
+    buf: Option<TagBuffer>,
     queue: u32,
-    max_io: u32,
 }
 
 impl ServerFd {
@@ -341,19 +383,23 @@ impl ServerFd {
         }
     }
 
-    /// The data slot of `tag`, `len` bytes long; `None` if out of range.
+    /// True when the module moves request data to and from the backend's memory.
+    pub fn is_linear(&self) -> bool {
+        self.buf.is_none()
+    }
+
+    /// The data slot of `tag`, `len` bytes long; `None` if out of range or linear.
     pub fn slot(&mut self, tag: u32, len: u32) -> Option<&mut [u8]> {
-        if len > self.max_io {
+        let buf = self.buf.as_ref()?;
+        if len > buf.slot_len {
             return None;
         }
-        let start = (tag as usize).checked_mul(self.max_io as usize)?;
-        if start.checked_add(len as usize)? > self.buf.len {
+        let start = (tag as usize).checked_mul(buf.slot_len as usize)?;
+        if start.checked_add(len as usize)? > buf.len {
             return None;
         }
         // SAFETY: in bounds of the mapping (checked above); the kernel only touches
         // it inside serve(), which needs &mut self, so this borrow is exclusive.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(self.buf.ptr.as_ptr().add(start), len as usize)
-        })
+        Some(unsafe { std::slice::from_raw_parts_mut(buf.ptr.as_ptr().add(start), len as usize) })
     }
 }

@@ -2,6 +2,7 @@
 //! (answer the previous batch and fetch the next in one call) until the device is
 //! gone.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,10 @@ use crate::uapi::*;
 /// How long one SERVE call sleeps when idle. Long enough to cost nothing, short
 /// enough that a worker notices a stop request without a device event.
 const WAIT_MS: u32 = 1000;
+
+/// Request data a worker moves through the backend before it hands its answers
+/// back: large requests are completed one by one, small ones in batches.
+const ANSWER_BYTES: u64 = 256 << 10;
 
 /// `prctl` option from <linux/prctl.h> (Linux 5.6); not in the libc crate.
 const PR_SET_IO_FLUSHER: libc::c_int = 57;
@@ -128,36 +133,52 @@ fn op_name(op: u32) -> &'static str {
     }
 }
 
+/// Where a READ or WRITE request's bytes are.
+pub enum Payload<'a> {
+    /// The tag's slot in the server buffer, `len` bytes.
+    Slot(&'a mut [u8]),
+    /// Already moved by the module, straight between the bio and the backend's
+    /// memory (a linear attach): nothing left to copy.
+    InPlace,
+    /// The request does not fit the buffer.
+    Missing,
+}
+
 /// Serves one request against the backend; returns the answer's result (0 or a
-/// negative errno). `slot` is the tag's data buffer, `len` bytes (None if the
-/// request does not fit it).
+/// negative errno). `payload` is ignored for ops without data.
 pub fn execute(
     backend: &dyn Backend,
     req: &usrbd_request,
-    slot: Option<&mut [u8]>,
+    payload: Payload<'_>,
     stats: &Stats,
     limit: &RateLimit,
 ) -> i32 {
     let len = u64::from(req.len);
-    let res: io::Result<()> = match (req.op, slot) {
-        (USRBD_OP_READ, Some(buf)) => backend.read(req.offset, buf).map(|()| {
+    let counted_write = |res: io::Result<()>| {
+        res.and_then(|()| {
+            if req.flags & USRBD_REQ_FUA != 0 {
+                bump(&stats.fua, 1);
+                backend.flush()
+            } else {
+                Ok(())
+            }
+        })
+        .map(|()| {
+            bump(&stats.writes, 1);
+            bump(&stats.bytes_written, len);
+        })
+    };
+    let counted_read = |res: io::Result<()>| {
+        res.map(|()| {
             bump(&stats.reads, 1);
             bump(&stats.bytes_read, len);
-        }),
-        (USRBD_OP_WRITE, Some(buf)) => backend
-            .write(req.offset, buf)
-            .and_then(|()| {
-                if req.flags & USRBD_REQ_FUA != 0 {
-                    bump(&stats.fua, 1);
-                    backend.flush()
-                } else {
-                    Ok(())
-                }
-            })
-            .map(|()| {
-                bump(&stats.writes, 1);
-                bump(&stats.bytes_written, len);
-            }),
+        })
+    };
+    let res: io::Result<()> = match (req.op, payload) {
+        (USRBD_OP_READ, Payload::Slot(buf)) => counted_read(backend.read(req.offset, buf)),
+        (USRBD_OP_READ, Payload::InPlace) => counted_read(Ok(())),
+        (USRBD_OP_WRITE, Payload::Slot(buf)) => counted_write(backend.write(req.offset, buf)),
+        (USRBD_OP_WRITE, Payload::InPlace) => counted_write(Ok(())),
         (USRBD_OP_FLUSH, _) => backend.flush().map(|()| bump(&stats.flushes, 1)),
         (USRBD_OP_DISCARD, _) => backend
             .discard(req.offset, len)
@@ -165,7 +186,9 @@ pub fn execute(
         (USRBD_OP_WRITE_ZEROES, _) => backend
             .write_zeroes(req.offset, len, req.flags & USRBD_REQ_NOUNMAP == 0)
             .map(|()| bump(&stats.write_zeroes, 1)),
-        (USRBD_OP_READ | USRBD_OP_WRITE, None) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        (USRBD_OP_READ | USRBD_OP_WRITE, Payload::Missing) => {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }
         _ => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
     };
     match res {
@@ -214,9 +237,28 @@ impl Workers {
         stats: Arc<Stats>,
         activity: ActivityHook,
     ) -> Result<Workers, DeviceError> {
+        // A backend that keeps the device in memory gets it copied there by the
+        // module itself, if this module can (an older one refuses the flag).
+        let memory = backend.memory().filter(|_| {
+            ctrl.version()
+                .is_ok_and(|v| v.attach_flags & USRBD_ATTACH_LINEAR != 0)
+        });
         let mut fds = Vec::with_capacity(geo.queues as usize);
         for q in 0..geo.queues {
-            fds.push(ctrl.attach(dev.index, q, geo.depth, geo.max_io)?);
+            let fd = match memory {
+                // SAFETY: the memory belongs to `backend`, which each Worker holds
+                // (declared after its fd, so it outlives the fd).
+                Some(mem) => unsafe { ctrl.attach_linear(dev.index, q, mem)? },
+                None => ctrl.attach(dev.index, q, geo.depth, geo.max_io)?,
+            };
+            fds.push(fd);
+        }
+        if memory.is_some() {
+            info!(
+                "{}: {} backend attached linearly: the module copies straight into its memory",
+                dev.name,
+                backend.kind()
+            );
         }
         let stop = Arc::new(AtomicBool::new(false));
         let limit = Arc::new(RateLimit::default());
@@ -280,6 +322,8 @@ impl Workers {
 }
 
 struct Worker {
+    // Declared before `backend`: a linear fd names the backend's memory, so it
+    // must close before the last reference to the backend can go.
     fd: ServerFd,
     depth: u32,
     backend: Arc<dyn Backend>,
@@ -292,14 +336,30 @@ struct Worker {
 impl Worker {
     fn run(mut self) -> Result<(), String> {
         let batch = self.depth.min(USRBD_MAX_BATCH) as usize;
-        let mut reqs = vec![usrbd_request::default(); batch];
+        let mut fetched = vec![usrbd_request::default(); batch];
+        // Fetched, not yet served: at most one per tag, so never more than `batch`.
+        let mut pending: VecDeque<usrbd_request> = VecDeque::with_capacity(batch);
         let mut answers: Vec<usrbd_completion> = Vec::with_capacity(batch);
         let q = self.fd.queue();
+        let linear = self.fd.is_linear();
         debug!("queue {q}: worker started");
         loop {
-            let served = match self.fd.serve(&answers, &mut reqs, WAIT_MS) {
+            // Sleep in SERVE only with nothing left to serve.
+            let wait_ms = if pending.is_empty() { WAIT_MS } else { 0 };
+            let room = batch.saturating_sub(pending.len());
+            let served = match self.fd.serve(&answers, &mut fetched[..room], wait_ms) {
                 Ok(s) => s,
                 Err(e) if e.errno == Errno::EINTR => continue,
+                Err(e) if e.errno == Errno::EFAULT => {
+                    // A copy to or from our memory failed (a page the kernel
+                    // could not fault in, e.g. out of memory): the module kept
+                    // the unapplied answers' requests and requeued the fetched
+                    // ones. Retry what it did not apply, after a pause.
+                    warn!("queue {q}: SERVE could not copy request data; retrying");
+                    answers.drain(..(e.completed as usize).min(answers.len()));
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 Err(e) if e.errno == Errno::EINVAL => {
                     // The module refused answer number `completed` (the ones
                     // before it were applied): drop it and resend the rest.
@@ -319,20 +379,34 @@ impl Worker {
                 info!("queue {q}: device gone, worker done");
                 return Ok(());
             }
-            let n = served.requests as usize;
-            if n == 0 {
+            pending.extend(&fetched[..served.requests as usize]);
+            if pending.is_empty() {
                 if self.stop.load(Ordering::Acquire) {
                     debug!("queue {q}: stopped");
                     return Ok(());
                 }
                 continue;
             }
-            for r in &reqs[..n] {
-                let slot = match r.op {
-                    USRBD_OP_READ | USRBD_OP_WRITE => self.fd.slot(r.tag, r.len),
-                    _ => None,
+            // Answer once ANSWER_BYTES have gone through the backend, not only
+            // at the end of the batch: the block layer completes those requests
+            // and their submitter queues more while the rest are served.
+            let mut moved = 0u64;
+            while moved < ANSWER_BYTES {
+                let Some(r) = pending.pop_front() else { break };
+                let payload = if linear {
+                    Payload::InPlace
+                } else {
+                    match r.op {
+                        USRBD_OP_READ | USRBD_OP_WRITE => {
+                            moved += u64::from(r.len);
+                            self.fd
+                                .slot(r.tag, r.len)
+                                .map_or(Payload::Missing, Payload::Slot)
+                        }
+                        _ => Payload::Missing,
+                    }
                 };
-                let result = execute(&*self.backend, r, slot, &self.stats, &self.limit);
+                let result = execute(&*self.backend, &r, payload, &self.stats, &self.limit);
                 answers.push(usrbd_completion {
                     tag: r.tag,
                     op: r.op,
@@ -412,7 +486,13 @@ mod tests {
         let (st, rl) = (Stats::default(), RateLimit::default());
         let mut buf = vec![0u8; 4096];
         assert_eq!(
-            execute(&b, &req(USRBD_OP_WRITE, 0, 0), Some(&mut buf), &st, &rl),
+            execute(
+                &b,
+                &req(USRBD_OP_WRITE, 0, 0),
+                Payload::Slot(&mut buf),
+                &st,
+                &rl
+            ),
             0
         );
         assert_eq!(b.flushes.load(Ordering::Relaxed), 0);
@@ -420,7 +500,7 @@ mod tests {
             execute(
                 &b,
                 &req(USRBD_OP_WRITE, USRBD_REQ_FUA, 0),
-                Some(&mut buf),
+                Payload::Slot(&mut buf),
                 &st,
                 &rl
             ),
@@ -439,22 +519,56 @@ mod tests {
         };
         let (st, rl) = (Stats::default(), RateLimit::default());
         let mut buf = vec![0u8; 4096];
-        let r = execute(&b, &req(USRBD_OP_WRITE, 0, 8192), Some(&mut buf), &st, &rl);
+        let r = execute(
+            &b,
+            &req(USRBD_OP_WRITE, 0, 8192),
+            Payload::Slot(&mut buf),
+            &st,
+            &rl,
+        );
         assert_eq!(r, -libc::ENOSPC);
         assert_eq!(
-            execute(&b, &req(99, 0, 0), None, &st, &rl),
+            execute(&b, &req(99, 0, 0), Payload::Missing, &st, &rl),
             -libc::EOPNOTSUPP
         );
         assert_eq!(
-            execute(&b, &req(USRBD_OP_READ, 0, 0), None, &st, &rl),
+            execute(&b, &req(USRBD_OP_READ, 0, 0), Payload::Missing, &st, &rl),
             -libc::EINVAL
         );
         assert_eq!(st.snapshot().errors, 3);
         assert_eq!(st.snapshot().writes, 0);
         assert_eq!(
-            execute(&b, &req(USRBD_OP_READ, 0, 0), Some(&mut buf), &st, &rl),
+            execute(
+                &b,
+                &req(USRBD_OP_READ, 0, 0),
+                Payload::Slot(&mut buf),
+                &st,
+                &rl
+            ),
             0
         );
         assert!(buf.iter().all(|x| *x == 9));
+    }
+
+    #[test]
+    fn in_place_requests_are_counted_and_fua_still_flushes() {
+        let b = Probe {
+            full_at: 0,
+            ..Default::default()
+        };
+        let (st, rl) = (Stats::default(), RateLimit::default());
+        // full_at 0 would fail any backend write: in place, none is made.
+        let w = req(USRBD_OP_WRITE, USRBD_REQ_FUA, 8192);
+        assert_eq!(execute(&b, &w, Payload::InPlace, &st, &rl), 0);
+        assert_eq!(
+            execute(&b, &req(USRBD_OP_READ, 0, 0), Payload::InPlace, &st, &rl),
+            0
+        );
+        assert_eq!(b.flushes.load(Ordering::Relaxed), 1);
+        let s = st.snapshot();
+        assert_eq!(
+            (s.writes, s.reads, s.bytes_written, s.errors),
+            (1, 1, 4096, 0)
+        );
     }
 }

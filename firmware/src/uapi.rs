@@ -49,6 +49,8 @@ pub const USRBD_STATE_DEAD: u32 = 3;
 
 pub const USRBD_DESTROY_FORCE: u32 = 1 << 0;
 
+pub const USRBD_ATTACH_LINEAR: u32 = 1 << 0;
+
 pub const USRBD_EV_GONE: u32 = 1 << 0;
 
 #[repr(C)]
@@ -61,7 +63,7 @@ pub struct usrbd_version {
     pub max_queue_depth: u32,
     pub max_io_bytes: u32,
     pub max_batch: u32,
-    pub reserved: u32,
+    pub attach_flags: u32,
 }
 
 #[repr(C)]
@@ -269,7 +271,7 @@ macro_rules! layout_table {
 layout_table! {
     usrbd_version { size: 32,
         abi_version: 0, 4; features: 4, 4; max_devices: 8, 4; max_queues: 12, 4;
-        max_queue_depth: 16, 4; max_io_bytes: 20, 4; max_batch: 24, 4; reserved: 28, 4;
+        max_queue_depth: 16, 4; max_io_bytes: 20, 4; max_batch: 24, 4; attach_flags: 28, 4;
     }
     usrbd_create { size: 96,
         abi_version: 0, 4; index: 4, 4; name: 8, 32; size: 40, 8;
@@ -409,6 +411,7 @@ pub const CONSTANTS: &[(&str, u64)] = &[
     ("USRBD_STATE_DRAINING", USRBD_STATE_DRAINING as u64),
     ("USRBD_STATE_DEAD", USRBD_STATE_DEAD as u64),
     ("USRBD_DESTROY_FORCE", USRBD_DESTROY_FORCE as u64),
+    ("USRBD_ATTACH_LINEAR", USRBD_ATTACH_LINEAR as u64),
     ("USRBD_EV_GONE", USRBD_EV_GONE as u64),
 ];
 

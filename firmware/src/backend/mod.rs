@@ -12,6 +12,13 @@ use std::io;
 
 use crate::error::BackendError;
 
+/// A backend's bytes in this process's memory: device offset `o` is at `addr + o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Memory {
+    pub addr: u64,
+    pub len: u64,
+}
+
 pub trait Backend: Send + Sync {
     /// `"ram"` or `"file"`.
     fn kind(&self) -> &'static str;
@@ -30,6 +37,12 @@ pub trait Backend: Send + Sync {
     fn finish(&self) -> Result<(), BackendError>;
     /// Memory (ram) or disk space (file) the data occupies now.
     fn used_bytes(&self) -> u64;
+    /// Where the device's bytes live in this process, if they all do (ram): the
+    /// module then copies request data straight between the bio and this memory,
+    /// and READ and WRITE need no work here. Valid as long as the backend lives.
+    fn memory(&self) -> Option<Memory> {
+        None
+    }
 }
 
 /// EINVAL unless `[offset, offset + len)` lies inside a device of `size` bytes.

@@ -4,15 +4,16 @@
 //! Why one `MAP_NORESERVE` anonymous mapping rather than a table of boxed pages: the
 //! kernel's own page tables then are the sparse page table. A page never written
 //! costs nothing (reads of it see the shared zero page), DISCARD and WRITE_ZEROES
-//! hand whole pages back with `MADV_DONTNEED`, and requests copy straight between
-//! the tag buffer and the mapping with no lock of ours. The mapping is `munlock`ed
+//! hand whole pages back with `MADV_DONTNEED`, and the module copies request data
+//! straight between the bio and the mapping ([`Backend::memory`], a linear attach),
+//! so READ and WRITE cost this process no copy at all. The mapping is `munlock`ed
 //! after the service's `mlockall(MCL_FUTURE)`: locked pages would be pinned as they
 //! fault in and `MADV_DONTNEED` refuses locked ranges, so discarded data would never
 //! be freed.
 //!
 //! Overlapping requests in flight at once are unordered on any block device; the
-//! block layer does not serialize them, and neither do we: bytes are moved only with
-//! raw-pointer copies, never through references into the mapping.
+//! block layer does not serialize them, and neither do we: bytes are moved only by
+//! the module or with raw-pointer copies, never through references into the mapping.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -24,7 +25,7 @@ use std::ptr::NonNull;
 use log::{info, warn};
 use nix::errno::Errno;
 
-use super::{check_range, page_size, Backend};
+use super::{check_range, page_size, Backend, Memory};
 use crate::error::BackendError;
 
 /// Image files are read and written in chunks of this many bytes.
@@ -351,6 +352,13 @@ fn next_data(f: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
 impl Backend for RamBackend {
     fn kind(&self) -> &'static str {
         "ram"
+    }
+
+    fn memory(&self) -> Option<Memory> {
+        Some(Memory {
+            addr: self.map.ptr.as_ptr() as usize as u64,
+            len: self.map.len as u64,
+        })
     }
 
     fn size(&self) -> u64 {

@@ -72,6 +72,9 @@
 /* Destroy flags (usrbd_destroy.flags). */
 #define USRBD_DESTROY_FORCE	(1U << 0) /* fail what is left, do not wait */
 
+/* Attach flags (usrbd_attach.flags, usrbd_version.attach_flags). */
+#define USRBD_ATTACH_LINEAR	(1U << 0) /* the buffer is the whole device */
+
 /* Events returned by SERVE (usrbd_serve.events). */
 #define USRBD_EV_GONE		(1U << 0) /* device destroyed: stop serving */
 
@@ -84,7 +87,7 @@ struct usrbd_version {
 	__u32 max_queue_depth;
 	__u32 max_io_bytes;
 	__u32 max_batch;
-	__u32 reserved;
+	__u32 attach_flags;	/* USRBD_ATTACH_* supported */
 };
 
 /* USRBD_IOC_CREATE: in: the device wanted; out: index and name given. */
@@ -153,16 +156,19 @@ struct usrbd_status {
  * USRBD_IOC_ATTACH: returns a new server fd (O_CLOEXEC) bound to one
  * hardware queue of one device. One server per queue at a time (EBUSY).
  *
- * The buffer belongs to the server: request data for tag T lives at
- * buf_addr + T * max_io_bytes. WRITE data is copied there when the request
- * is fetched; READ data is copied from there when the answer is given.
+ * The buffer belongs to the server. By default request data for tag T
+ * lives at buf_addr + T * max_io_bytes. With USRBD_ATTACH_LINEAR the
+ * buffer holds the device itself: data for device offset O lives at
+ * buf_addr + O, so a server that keeps the device in memory copies
+ * nothing. Either way WRITE data is copied there when the request is
+ * fetched and READ data from there when the answer is given.
  */
 struct usrbd_attach {
 	__u32 index;
 	__u32 queue;
 	__aligned_u64 buf_addr;	/* user address */
-	__aligned_u64 buf_len;	/* >= queue_depth * max_io_bytes */
-	__u32 flags;		/* must be zero */
+	__aligned_u64 buf_len;	/* >= queue_depth * max_io_bytes, or the size if LINEAR */
+	__u32 flags;		/* USRBD_ATTACH_* */
 	__u32 reserved;		/* must be zero */
 };
 

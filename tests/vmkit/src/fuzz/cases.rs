@@ -136,7 +136,10 @@ pub enum DestroyFault {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachFault {
+    /// Flags with at least one unknown bit.
     Flags(u32),
+    /// USRBD_ATTACH_LINEAR with a buffer shorter than the device.
+    LinearShort(u32),
     Reserved(u32),
     Index(IndexFault),
     Queue(u32),
@@ -399,8 +402,9 @@ fn create_fault(rng: &mut Rng) -> CreateFault {
 }
 
 fn attach_fault(rng: &mut Rng) -> AttachFault {
-    match rng.u32(0..11) {
-        0 => AttachFault::Flags(nonzero(rng)),
+    match rng.u32(0..12) {
+        0 => AttachFault::Flags(rng.u32(..) | 1 << rng.u32(1..32)),
+        11 => AttachFault::LinearShort(rng.u32(..)),
         1 => AttachFault::Reserved(nonzero(rng)),
         2 => AttachFault::Index(index_fault(rng)),
         3 => AttachFault::Queue(rng.u32(..)),

@@ -529,6 +529,12 @@ impl Rig {
                 a.flags = v;
                 "attach:flags"
             }
+            AttachFault::LinearShort(n) => {
+                a.flags = uapi::USRBD_ATTACH_LINEAR;
+                let size = C_SPEC.size;
+                a.buf_len = size - 1 - u64::from(n) % size;
+                "attach:linear-short"
+            }
             AttachFault::Reserved(v) => {
                 a.reserved = v;
                 "attach:reserved"
