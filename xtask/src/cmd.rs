@@ -1,7 +1,8 @@
 //! Running programs: say what runs, and name the command line in every error.
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -31,6 +32,22 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` quietly: whether it exited 0, and its stdout followed by stderr.
 pub fn capture(cmd: &mut Command) -> Result<(bool, String)> {
+    let (status, text) = combined_output(cmd)?;
+    Ok((status.success(), text))
+}
+
+/// Runs `cmd` quietly; fails unless it exits 0, with the tail of what it
+/// printed (the image build shows its own progress lines instead).
+pub fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let line = describe(cmd);
+    let (status, text) = combined_output(cmd)?;
+    if !status.success() {
+        bail!("`{line}` failed ({status}):\n{}", tail(&text, 30));
+    }
+    Ok(())
+}
+
+fn combined_output(cmd: &mut Command) -> Result<(ExitStatus, String)> {
     let line = describe(cmd);
     let out = cmd
         .stdin(Stdio::null())
@@ -38,7 +55,7 @@ pub fn capture(cmd: &mut Command) -> Result<(bool, String)> {
         .with_context(|| format!("cannot start `{line}`"))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), text))
+    Ok((out.status, text))
 }
 
 /// The stdout of a command that must succeed.
@@ -67,6 +84,21 @@ pub fn succeeds(cmd: &mut Command) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// Where `program` is on the PATH, or in sbin, which a non-login PATH may
+/// lack although root-only tools (mkfs, depmod) live there.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// A command for `program` as `which` finds it, ready for arguments.
+pub fn tool(program: &str) -> Command {
+    Command::new(which(program).unwrap_or_else(|| PathBuf::from(program)))
 }
 
 /// Every process below `root` (children, grandchildren…), from /proc.

@@ -1,6 +1,9 @@
 //! Setup that happens inside `cargo xtask test|demo|vm|kmod`: Debian packages,
 //! the test kernels and their headers, checkpatch, virtme-ng, rustup
 //! components. Idempotent and quiet when everything is present.
+//!
+//! `apt` (host packages, `.deb` downloads) and `toolchain` (the ARM cross
+//! gcc) serve the cross and image tasks as well.
 
 use std::env;
 use std::fs;
@@ -11,6 +14,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 
 use crate::cmd;
+
+pub mod apt;
+pub mod toolchain;
 
 /// virtme-ng version the harness was checked with.
 const VNG_VERSION: &str = "1.42";
@@ -125,66 +131,12 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A command that needs root: itself when root, else through `sudo -n`.
-fn privileged(program: &str) -> Result<Command> {
-    if is_root() {
-        return Ok(Command::new(program));
-    }
-    if cmd::succeeds(Command::new("sudo").args(["-n", "true"])) {
-        let mut c = Command::new("sudo");
-        c.args(["-n", "--preserve-env=DEBIAN_FRONTEND", program]);
-        return Ok(c);
-    }
-    bail!(
-        "setup needs root to run `{program}`: run `cargo xtask` as root, \
-         or allow sudo without a password, or install what is listed above by hand"
-    )
-}
-
 fn os_release(key: &str) -> Option<String> {
     let text = fs::read_to_string("/etc/os-release").ok()?;
     text.lines().find_map(|l| {
         l.strip_prefix(&format!("{key}="))
             .map(|v| v.trim_matches('"').to_string())
     })
-}
-
-fn dpkg_installed(pkg: &str) -> bool {
-    cmd::stdout(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", pkg]))
-        .map(|s| s.starts_with("ii"))
-        .unwrap_or(false)
-}
-
-fn apt_get(args: &[&str]) -> Result<()> {
-    let mut c = privileged("apt-get")?;
-    c.env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["-y", "-q", "-o", "DPkg::Lock::Timeout=600"])
-        .args(args);
-    cmd::run(&mut c)
-}
-
-/// `apt-get update`; a failure is reported, not fatal (what is installed may do).
-fn apt_update() -> bool {
-    match apt_get(&["update"]) {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("setup: apt-get update failed: {e:#}");
-            false
-        }
-    }
-}
-
-fn apt_install(extra: &[&str], pkgs: &[String]) -> Result<()> {
-    let mut args: Vec<&str> = vec!["install"];
-    args.extend_from_slice(extra);
-    args.extend(pkgs.iter().map(String::as_str));
-    // One retry: a mirror hiccup should not cost a CI run.
-    if let Err(first) = apt_get(&args) {
-        eprintln!("setup: retrying after: {first:#}");
-        std::thread::sleep(Duration::from_secs(10));
-        apt_get(&args)?;
-    }
-    Ok(())
 }
 
 fn ensure_backports_source() -> Result<bool> {
@@ -210,7 +162,7 @@ fn ensure_backports_source() -> Result<bool> {
         return Ok(false);
     }
     eprintln!("setup: adding {BACKPORTS_SOURCES}");
-    let mut tee = privileged("tee")?;
+    let mut tee = apt::privileged("tee")?;
     tee.arg(BACKPORTS_SOURCES)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null());
@@ -240,14 +192,6 @@ fn apt_lists_stale() -> bool {
             SystemTime::now().duration_since(t).unwrap_or_default() > Duration::from_secs(24 * 3600)
         }
     }
-}
-
-fn apt_names(regex: &str) -> Vec<String> {
-    cmd::stdout(Command::new("apt-cache").args(["search", "--names-only", regex]))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
 }
 
 /// The number after `prefix` and before `suffix` in `name`.
@@ -350,16 +294,17 @@ fn pick_kernels(scope: Scope, debian: bool) -> Result<Kernels> {
              (and USRBD_KERNEL_61 for the second build)"
         );
     }
-    let images = apt_names(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$");
-    let mut names = images;
-    names.extend(apt_names(r"^linux-headers-6\.12\.[0-9]+\+deb12-amd64$"));
+    // Offline, apt finds nothing and the installed kernels are used.
+    let search = |regex: &str| apt::search_names(regex).unwrap_or_default();
+    let mut names = search(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$");
+    names.extend(search(r"^linux-headers-6\.12\.[0-9]+\+deb12-amd64$"));
     let main = newest_612_in(&names)
         .or_else(newest_installed_612)
         .context("no linux-image-6.12.*+deb12-amd64-unsigned offered by apt nor installed")?;
     let k61 = if scope == Scope::Vm {
         None
     } else {
-        let names = apt_names(r"^linux-headers-6\.1\.0-[0-9]+-amd64$");
+        let names = search(r"^linux-headers-6\.1\.0-[0-9]+-amd64$");
         Some(
             newest_61_in(&names)
                 .or_else(newest_installed_61)
@@ -372,7 +317,7 @@ fn pick_kernels(scope: Scope, debian: bool) -> Result<Kernels> {
 fn missing_packages(scope: Scope, k: &Kernels) -> (Vec<String>, bool) {
     let mut missing: Vec<String> = PACKAGES
         .iter()
-        .filter(|p| !dpkg_installed(p))
+        .filter(|p| !apt::installed(p))
         .map(|p| p.to_string())
         .collect();
     if scope != Scope::Kmod && !image_present(&k.main) {
@@ -386,7 +331,7 @@ fn missing_packages(scope: Scope, k: &Kernels) -> (Vec<String>, bool) {
             missing.push(format!("linux-headers-{k61}"));
         }
     }
-    if scope == Scope::Full && !dpkg_installed("linux-source-6.12") {
+    if scope == Scope::Full && !apt::installed("linux-source-6.12") {
         missing.push("linux-source-6.12".to_string());
     }
     let qemu_missing = scope != Scope::Kmod && !Path::new("/usr/bin/qemu-system-x86_64").exists();
@@ -402,13 +347,13 @@ fn ensure_packages(scope: Scope) -> Result<(String, Option<String>)> {
         stale = true;
     }
     if stale {
-        updated = apt_update();
+        updated = apt::update();
     }
     let mut kernels = pick_kernels(scope, debian)?;
     let (mut missing, mut qemu_missing) = missing_packages(scope, &kernels);
     if (!missing.is_empty() || qemu_missing) && !updated {
         // Lists may predate what we ask for: refresh, then choose again.
-        apt_update();
+        apt::update();
         kernels = pick_kernels(scope, debian)?;
         (missing, qemu_missing) = missing_packages(scope, &kernels);
     }
@@ -420,10 +365,10 @@ fn ensure_packages(scope: Scope) -> Result<(String, Option<String>)> {
         } else {
             &[]
         };
-        apt_install(extra, &["qemu-system-x86".to_string()])?;
+        apt::install(extra, &["qemu-system-x86"])?;
     }
     if !missing.is_empty() {
-        apt_install(&["--no-install-recommends"], &missing)?;
+        apt::install(&["--no-install-recommends"], &missing)?;
     }
     for (what, ok) in [
         (
@@ -461,6 +406,24 @@ fn ensure_rust_components() -> Result<()> {
         .context("installing rustup components")?;
     }
     Ok(())
+}
+
+/// Adds the rustup targets of `triples` that are not installed yet.
+pub fn ensure_rust_targets(triples: &[&str]) -> Result<()> {
+    let installed = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    let missing: Vec<&str> = triples
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing),
+    )
 }
 
 /// checkpatch.pl and the data files it reads, extracted once from Debian's

@@ -7,8 +7,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use super::debian::{self, Flavour};
-use super::host;
-use super::toolchain::{self, Toolchain};
+use crate::cmd;
+use crate::setup::toolchain::{self, Source, Toolchain};
+use crate::setup::Paths;
 
 /// One userspace target.
 #[derive(Clone, Copy, Debug)]
@@ -47,29 +48,21 @@ pub const ARMV7: Target = Target {
 
 pub const TARGETS: [Target; 2] = [AARCH64, ARMV7];
 
-/// The workspace root (xtask lives one level below it).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// Cargo's target directory (`CARGO_TARGET_DIR` when set).
-pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => workspace_root().join(dir),
-        None => workspace_root().join("target"),
-    }
-}
-
 pub fn cross_dir() -> PathBuf {
-    target_dir().join("cross")
+    Paths::new().target().join("cross")
 }
 
 /// The cross gcc of `target`.
 pub fn toolchain(target: Target) -> Result<Toolchain> {
-    toolchain::find(&cross_dir(), target.gnu, target.deb_arch)
+    let cache = cross_dir();
+    toolchain::find(
+        Source::Host {
+            debs: &cache.join(format!("debs-toolchain-{}", target.deb_arch)),
+        },
+        &cache.join(format!("toolchain-{}", target.deb_arch)),
+        target.gnu,
+        target.deb_arch,
+    )
 }
 
 /// `CARGO_TARGET_<TRIPLE>_LINKER`.
@@ -85,7 +78,7 @@ fn linker_env(triple: &str) -> String {
 /// once without (the `usrbd` every other board and the VM run). The VM tier
 /// skips the `rpi` build (`with_rpi` false): it cannot use rppal anyway.
 pub fn userspace(target: Target, tc: &Toolchain, with_rpi: bool) -> Result<()> {
-    let root = workspace_root();
+    let paths = Paths::new();
     let out = cross_dir().join(target.name);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     // RUSTFLAGS apply to target crates only when --target is given, so build
@@ -94,22 +87,16 @@ pub fn userspace(target: Target, tc: &Toolchain, with_rpi: bool) -> Result<()> {
         Ok(v) if !v.trim().is_empty() => format!("{v} -C target-feature=+crt-static"),
         _ => "-C target-feature=+crt-static".to_owned(),
     };
-    let built = target_dir().join(target.triple).join("release");
+    let built = paths.target().join(target.triple).join("release");
     let variants: &[(Option<&str>, &str)] = if with_rpi {
         &[(Some("usrbd/rpi"), "usrbd-rpi"), (None, "usrbd")]
     } else {
         &[(None, "usrbd")]
     };
     for &(features, usrbd_name) in variants {
-        eprintln!(
-            "cross: cargo build --release --target {}{}",
-            target.triple,
-            features
-                .map(|f| format!(" --features {f}"))
-                .unwrap_or_default()
-        );
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(&root)
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo
+            .current_dir(&paths.repo)
             .args([
                 "build",
                 "--release",
@@ -123,9 +110,9 @@ pub fn userspace(target: Target, tc: &Toolchain, with_rpi: bool) -> Result<()> {
             .env(linker_env(target.triple), tc.gcc())
             .env("RUSTFLAGS", &rustflags);
         if let Some(f) = features {
-            cmd.args(["--features", f]);
+            cargo.args(["--features", f]);
         }
-        host::run(&mut cmd)?;
+        cmd::run(&mut cargo)?;
         copy(&built.join("usrbd"), &out.join(usrbd_name))?;
     }
     copy(&built.join("vmkit"), &out.join("vmkit"))?;
@@ -142,7 +129,7 @@ pub fn module(
     ko_name: &str,
     ver: &str,
 ) -> Result<()> {
-    let kmod = workspace_root().join("kmod");
+    let kmod = Paths::new().repo.join("kmod");
     if !kmod.join("Makefile").exists() {
         bail!(
             "{} has no Makefile: the module cannot be built",
@@ -163,13 +150,7 @@ pub fn module(
             .with_context(|| format!("cannot clean {}", build.display()))?;
     }
     copy_sources(&kmod, &build)?;
-    eprintln!(
-        "cross: make -C kmod KDIR={} ARCH={} CROSS_COMPILE={}",
-        kdir.display(),
-        flavour.kernel_arch,
-        tc.prefix
-    );
-    host::run(
+    cmd::run(
         Command::new("make")
             .arg("-C")
             .arg(&build)
@@ -222,7 +203,7 @@ pub fn describe(target: Target) -> Result<()> {
         .filter(|p| p.is_file())
         .collect();
     names.sort();
-    let out = host::output(Command::new("file").args(&names))?;
+    let out = cmd::stdout(Command::new("file").args(&names))?;
     print!("{out}");
     Ok(())
 }

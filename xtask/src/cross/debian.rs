@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use super::host;
+use crate::cmd;
+use crate::setup::apt;
 
 /// One Debian kernel flavour: `arm64`, `armmp` or `armmp-lpae`.
 #[derive(Clone, Copy, Debug)]
@@ -40,16 +41,8 @@ const KVER_ENV: &str = "USRBD_CROSS_KVER";
 
 /// Package names apt knows for Linux 6.12 (headers, images, kbuild).
 pub fn known_packages() -> Result<BTreeSet<String>> {
-    let out = host::output(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        r"^linux-(headers|image|kbuild)-6\.12\.[0-9]+\+deb12",
-    ]))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect())
+    let names = apt::search_names(r"^linux-(headers|image|kbuild)-6\.12\.[0-9]+\+deb12")?;
+    Ok(names.into_iter().collect())
 }
 
 /// The 6.12 version (`6.12.N+deb12`) to use for `flavour`: one with headers,
@@ -86,7 +79,7 @@ pub fn pick_version(
     let installed = complete
         .iter()
         .rev()
-        .find(|(_, v)| host::dpkg_installed(&format!("linux-kbuild-{v}")));
+        .find(|(_, v)| apt::installed(&format!("linux-kbuild-{v}")));
     match installed.or(complete.last()) {
         Some((_, v)) => Ok(v.clone()),
         None => bail!(
@@ -131,17 +124,17 @@ pub fn headers(cache: &Path, ver: &str, flavour: Flavour) -> Result<PathBuf> {
         return Ok(flavour_dir);
     }
     let debs = cache.join("debs");
-    let flav_deb = host::apt_download(
+    let flav_deb = apt::download(
         &format!("linux-headers-{ver}-{}:{}", flavour.name, flavour.arch),
         &debs,
     )?;
-    let common_deb = host::apt_download(&format!("linux-headers-{ver}-common"), &debs)?;
+    let common_deb = apt::download(&format!("linux-headers-{ver}-common"), &debs)?;
     if root.exists() {
         std::fs::remove_dir_all(&root)
             .with_context(|| format!("cannot clean {}", root.display()))?;
     }
-    host::deb_extract(&flav_deb, &root)?;
-    host::deb_extract(&common_deb, &root)?;
+    apt::extract(&flav_deb, &root)?;
+    apt::extract(&common_deb, &root)?;
 
     let kbuild = PathBuf::from(format!("/usr/lib/linux-kbuild-{ver}"));
     for dir in [&flavour_dir, &common_dir] {
@@ -182,25 +175,30 @@ pub fn kernel_image(
     }
     let pkg = image_package(known, ver, flavour)
         .with_context(|| format!("no linux-image package for {ver}-{}", flavour.name))?;
-    let deb = host::apt_download(&format!("{pkg}:{}", flavour.arch), &cache.join("debs"))?;
+    let deb = apt::download(&format!("{pkg}:{}", flavour.arch), &cache.join("debs"))?;
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let mut unpack = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(&deb)
-        .stdout(Stdio::piped())
+    // Only boot/ of the package is wanted: stream its tar through `tar`
+    // rather than extracting the modules too.
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-x", "--wildcards", "./boot/*"])
+        .stdin(Stdio::piped())
         .spawn()
-        .context("cannot start dpkg-deb")?;
-    let tar_in = unpack.stdout.take().context("dpkg-deb has no stdout")?;
-    host::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["-x", "--wildcards", "./boot/*"])
-            .stdin(tar_in),
-    )?;
-    let status = unpack.wait().context("dpkg-deb did not finish")?;
+        .context("cannot start tar")?;
+    let tar_in = tar.stdin.take().context("tar has no stdin")?;
+    // The Command, and with it the pipe's write end, is dropped at the end
+    // of this statement, so tar sees the end of its input.
+    let unpacked = cmd::run(
+        Command::new("dpkg-deb")
+            .arg("--fsys-tarfile")
+            .arg(&deb)
+            .stdout(tar_in),
+    );
+    let status = tar.wait().context("tar did not finish")?;
+    unpacked?;
     if !status.success() {
-        bail!("dpkg-deb --fsys-tarfile {} failed: {status}", deb.display());
+        bail!("tar of {}'s boot/ failed: {status}", deb.display());
     }
     if !vmlinuz.exists() {
         bail!("{} has no {}", deb.display(), vmlinuz.display());
@@ -215,11 +213,11 @@ pub fn busybox(cache: &Path, arch: &str) -> Result<PathBuf> {
     if bin.exists() {
         return Ok(bin);
     }
-    let deb = host::apt_download(
+    let deb = apt::download(
         &format!("busybox-static:{arch}"),
         &cache.join(format!("debs-{arch}")),
     )?;
-    host::deb_extract(&deb, &root)?;
+    apt::extract(&deb, &root)?;
     if !bin.exists() {
         bail!("{} has no bin/busybox", deb.display());
     }

@@ -7,16 +7,15 @@
 //! Debian's arm64/armhf `.deb`s unpacked under `target/cross/`.
 
 mod build;
-mod cpio;
 mod debian;
-mod host;
-mod toolchain;
 mod vm;
 
 use anyhow::{bail, Context, Result};
 
 use build::{Target, AARCH64, ARMV7, TARGETS};
 use debian::Flavour;
+
+use crate::setup::{self, apt};
 
 const USAGE: &str = "\
 usage: cargo xtask cross [--vm]
@@ -59,7 +58,7 @@ pub fn arm64_tier() -> Result<(usize, usize)> {
     build::module(AARCH64, &tc64, debian::ARM64, "usrbd.ko", &ver)?;
 
     let cache = build::cross_dir();
-    let root = build::workspace_root();
+    let root = setup::Paths::new().repo;
     let bin = |t: &Target, name: &str| cache.join(t.name).join(name);
     let inputs = vm::Inputs {
         kernel: debian::kernel_image(&cache, &known, &ver, debian::ARM64)?,
@@ -132,9 +131,9 @@ fn build_all() -> Result<()> {
 fn prepare(extra: &[&str]) -> Result<()> {
     let mut pkgs = vec!["make", "file", "bc", "tar"];
     pkgs.extend_from_slice(extra);
-    host::apt_install(&pkgs)?;
-    host::ensure_foreign_archs(&["arm64", "armhf"])?;
-    host::ensure_rust_targets(&TARGETS.map(|t| t.triple))
+    apt::install_missing(&pkgs)?;
+    apt::add_architectures(&["arm64", "armhf"])?;
+    setup::ensure_rust_targets(&TARGETS.map(|t| t.triple))
 }
 
 /// The host's `linux-kbuild-<ver>` backs the unpacked headers' scripts.
@@ -146,5 +145,5 @@ fn ensure_kbuild(versions: &[String]) -> Result<()> {
     pkgs.sort();
     pkgs.dedup();
     let refs: Vec<&str> = pkgs.iter().map(String::as_str).collect();
-    host::apt_install(&refs)
+    apt::install_missing(&refs)
 }

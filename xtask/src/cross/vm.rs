@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use super::cpio::Archive;
+use crate::image::cpio;
 
 const MARKER: &str = "@@USRBD ";
 /// The whole boot; a healthy run takes well under a minute.
@@ -263,7 +263,7 @@ fn scenario_files(tests: &Path) -> Result<Vec<PathBuf>> {
 
 fn initramfs(inputs: &Inputs) -> Result<Vec<u8>> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    let mut a = Archive::default();
+    let mut archive = cpio::Writer::new(Vec::new());
     for dir in [
         "bin",
         "dev",
@@ -275,23 +275,23 @@ fn initramfs(inputs: &Inputs) -> Result<Vec<u8>> {
         "tests",
         "tests/scenarios",
     ] {
-        a.dir(dir);
+        archive.dir(dir)?;
     }
-    a.file("bin/busybox", 0o755, &read(&inputs.busybox)?);
+    archive.file("bin/busybox", 0o755, &read(&inputs.busybox)?)?;
     for (name, path) in &inputs.binaries {
-        a.file(&format!("bin/{name}"), 0o755, &read(path)?);
+        archive.file(&format!("bin/{name}"), 0o755, &read(path)?)?;
     }
-    a.file("usrbd.ko", 0o644, &read(&inputs.module)?);
-    a.file("init", 0o755, &read(&inputs.tests.join("init"))?);
-    a.file("tests/lib.sh", 0o644, &read(&inputs.tests.join("lib.sh"))?);
+    archive.file("usrbd.ko", 0o644, &read(&inputs.module)?)?;
+    archive.file("init", 0o755, &read(&inputs.tests.join("init"))?)?;
+    archive.file("tests/lib.sh", 0o644, &read(&inputs.tests.join("lib.sh"))?)?;
     for script in scenario_files(&inputs.tests)? {
         let name = script
             .file_name()
             .and_then(|n| n.to_str())
             .context("scenario file name is not UTF-8")?;
-        a.file(&format!("tests/scenarios/{name}"), 0o644, &read(&script)?);
+        archive.file(&format!("tests/scenarios/{name}"), 0o644, &read(&script)?)?;
     }
-    Ok(a.finish())
+    Ok(archive.finish()?)
 }
 
 /// Forwards QEMU's console lines, stamped with the host time they arrived.

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::disk;
-use super::host::{self, step};
+use super::progress::step;
+use crate::cmd;
 
 /// The DTB of the board QEMU emulates.
 const DTB: &str = "bcm2837-rpi-3-b.dtb";
@@ -67,7 +68,7 @@ pub fn boot(image: &Path, work: &Path, markers: &Markers) -> Result<()> {
     let cmdline = fs::read_to_string(files.join("cmdline.txt"))?;
     let cmdline = cmdline.trim();
 
-    let mut qemu = host::tool("qemu-system-aarch64");
+    let mut qemu = cmd::tool("qemu-system-aarch64");
     qemu.args([
         "-M", "raspi3b", "-m", "1G", "-display", "none", "-monitor", "none",
     ])

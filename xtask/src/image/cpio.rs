@@ -1,6 +1,7 @@
-//! The initramfs archive: "newc" cpio as the kernel unpacks it
-//! (Documentation/driver-api/early-userspace/buffer-format.rst). Written here
-//! so every entry is owned by root without fakeroot, in a stable order.
+//! Initramfs archives (the image's and the arm64 VM's): "newc" cpio as the
+//! kernel unpacks it (Documentation/driver-api/early-userspace/buffer-format.rst).
+//! Written here so every entry is owned by root without fakeroot or a host
+//! `cpio`, in a stable order.
 
 use std::io::{self, Write};
 
@@ -10,6 +11,7 @@ pub struct Writer<W: Write> {
     written: u64,
 }
 
+const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
@@ -25,7 +27,7 @@ impl<W: Write> Writer<W> {
 
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
         let namesize = name.len() + 1;
-        let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
+        let nlink = if mode & S_IFMT == S_IFDIR { 2 } else { 1 };
         let header = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             self.ino,
@@ -103,5 +105,18 @@ mod tests {
         assert_eq!(&header[14..22], "00002180");
         assert_eq!(&header[78..86], "00000005");
         assert_eq!(&header[86..94], "00000001");
+    }
+
+    #[test]
+    fn file_header_fields() {
+        let mut w = Writer::new(Vec::new());
+        w.file("init", 0o755, b"#!/bin/sh\n").unwrap();
+        let bytes = w.finish().unwrap();
+        // mode field: regular file, 0755
+        assert_eq!(&bytes[14..22], b"000081ed");
+        // file size field
+        assert_eq!(&bytes[54..62], b"0000000a");
+        // header (110) + "init\0" (5) padded to 116, then the contents
+        assert_eq!(&bytes[116..126], b"#!/bin/sh\n");
     }
 }

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::host::{self, step};
+use super::progress::{self, step};
+use crate::cmd;
 
 const MIB: u64 = 1 << 20;
 /// Partitions start on 4 MiB boundaries, the erase-block size SD cards
@@ -40,7 +41,7 @@ impl Layout {
         if layout.root_size() < 64 * MIB {
             bail!(
                 "image size {} leaves no room for the root file system",
-                host::human(total)
+                progress::human(total)
             );
         }
         Ok(layout)
@@ -67,16 +68,16 @@ impl Layout {
 pub fn make_boot_fs(out: &Path, dir: &Path) -> Result<()> {
     let _ = fs::remove_file(out);
     File::create(out)?.set_len(BOOT_SIZE)?;
-    host::run(
-        host::tool("mkfs.vfat")
+    cmd::run_quiet(
+        cmd::tool("mkfs.vfat")
             .args(["-F", "32", "-n", "BOOT", "-i"])
             .arg(format!("{DISK_ID:08x}"))
             .arg(out),
     )?;
     let mut names: Vec<_> = fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
     names.sort();
-    host::run(
-        host::tool("mcopy")
+    cmd::run_quiet(
+        cmd::tool("mcopy")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
             .arg(out)
@@ -87,26 +88,26 @@ pub fn make_boot_fs(out: &Path, dir: &Path) -> Result<()> {
     step(&format!(
         "boot partition: FAT32, {} files, {} used of {}",
         names.len(),
-        host::human(host::tree_size(dir)),
-        host::human(BOOT_SIZE)
+        progress::human(progress::tree_size(dir)),
+        progress::human(BOOT_SIZE)
     ));
     Ok(())
 }
 
 /// ext4 root file system built from a staging tree (`mkfs.ext4 -d`).
 pub fn make_root_fs(out: &Path, dir: &Path, size: u64) -> Result<()> {
-    let used = host::tree_size(dir);
+    let used = progress::tree_size(dir);
     // Headroom for ext4's own metadata (inode tables, journal).
     if used + used / 4 + 32 * MIB > size {
         bail!(
             "root file system needs about {} but the partition has {}: pass a larger --size",
-            host::human(used + used / 4 + 32 * MIB),
-            host::human(size)
+            progress::human(used + used / 4 + 32 * MIB),
+            progress::human(size)
         );
     }
     let _ = fs::remove_file(out);
-    host::run(
-        host::tool("mkfs.ext4")
+    cmd::run_quiet(
+        cmd::tool("mkfs.ext4")
             .args(["-q", "-F", "-L", ROOT_LABEL, "-E", "root_owner=0:0", "-d"])
             .arg(dir)
             .arg(out)
@@ -114,8 +115,8 @@ pub fn make_root_fs(out: &Path, dir: &Path, size: u64) -> Result<()> {
     )?;
     step(&format!(
         "root partition: ext4 \"{ROOT_LABEL}\", {} used of {}",
-        host::human(used),
-        host::human(size)
+        progress::human(used),
+        progress::human(size)
     ));
     Ok(())
 }
@@ -124,7 +125,7 @@ pub fn make_root_fs(out: &Path, dir: &Path, size: u64) -> Result<()> {
 pub fn assemble(image: &Path, layout: &Layout, boot: &Path, root: &Path) -> Result<()> {
     let _ = fs::remove_file(image);
     File::create(image)?.set_len(layout.total)?;
-    let mut sfdisk = host::tool("sfdisk")
+    let mut sfdisk = cmd::tool("sfdisk")
         .args(["--no-reread", "--no-tell-kernel", "-q"])
         .arg(image)
         .stdin(std::process::Stdio::piped())
@@ -200,7 +201,7 @@ pub fn partition_offset(image: &Path, n: usize) -> Result<u64> {
 
 /// `fdisk -l` of the image, as a user would check it.
 pub fn fdisk_list(image: &Path) -> Result<String> {
-    host::capture(host::tool("fdisk").arg("-l").arg(image))
+    cmd::stdout(cmd::tool("fdisk").arg("-l").arg(image))
 }
 
 /// Copies files out of the image's FAT boot partition with mtools.
@@ -208,7 +209,7 @@ pub fn copy_from_boot(image: &Path, names: &[&str], dest: &Path) -> Result<()> {
     let offset = partition_offset(image, 1)?;
     fs::create_dir_all(dest)?;
     for name in names {
-        host::run(
+        cmd::run_quiet(
             Command::new("mcopy")
                 .env("MTOOLS_SKIP_CHECK", "1")
                 .arg("-i")

@@ -6,14 +6,13 @@
 //! private apt root and the .debs), `pkgs/` (extracted packages, the
 //! arm64 kernel headers), `<board>/` (staging trees and the image).
 
-mod apt;
 mod boot;
-mod cpio;
+pub mod cpio;
 mod disk;
 mod host;
 mod payload;
+mod progress;
 mod rootfs;
-mod toolchain;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,7 +21,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use host::step;
+use crate::cmd;
+use crate::setup::apt::{self, Apt};
+use crate::setup::toolchain::{self, Source};
+use crate::setup::Paths;
+use progress::step;
 
 /// Lines the serial console must show before `run-image` calls the boot
 /// good: the service's own log line, then the init script's check.
@@ -136,15 +139,9 @@ fn parse_size(text: &str) -> Result<u64> {
         .with_context(|| format!("size `{text}` overflows"))
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn default_image(root: &Path, board: Board) -> PathBuf {
-    root.join("target/image")
+fn default_image(target: &Path, board: Board) -> PathBuf {
+    target
+        .join("image")
         .join(board.name())
         .join(format!("usrbd-{}.img", board.name()))
 }
@@ -166,11 +163,11 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         return Ok(());
     }
-    let root = workspace_root();
+    let target = Paths::new().target();
     let image = match opts.image {
         Some(path) => path,
         None => {
-            let path = default_image(&root, opts.board);
+            let path = default_image(&target, opts.board);
             if !path.is_file() {
                 step(&format!(
                     "{} does not exist yet: building it",
@@ -185,7 +182,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let work = image
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.join("target/image"));
+        .unwrap_or_else(|| target.join("image"));
     boot::boot(
         &image,
         &work,
@@ -236,20 +233,21 @@ pub fn image_tier() -> Result<(usize, usize)> {
 fn build_image(board: Board, size: u64) -> Result<PathBuf> {
     let started = Instant::now();
     let layout = disk::Layout::new(size)?;
-    let root = workspace_root();
-    let base = root.join("target/image");
+    let paths = Paths::new();
+    let root = &paths.repo;
+    let base = paths.target().join("image");
     let work = base.join(board.name());
     fs::create_dir_all(&work)?;
     step(&format!(
         "board {}, image size {}",
         board.name(),
-        host::human(size)
+        progress::human(size)
     ));
     host::ensure_tools()?;
 
-    let apt = apt::Apt::new(&base.join("apt"))?;
+    let apt = Apt::private(&base.join("apt"))?;
     apt.update()?;
-    let abi = apt.newest_kernel()?;
+    let abi = newest_kernel(&apt)?;
     let release = format!("{abi}-arm64");
     step(&format!(
         "kernel: linux-image-{release} (newest 6.12 in bookworm)"
@@ -259,11 +257,16 @@ fn build_image(board: Board, size: u64) -> Result<PathBuf> {
     let firmware_pkg = unpack(&apt, &pkgs, "raspi-firmware")?;
     let busybox_pkg = unpack(&apt, &pkgs, "busybox-static:arm64")?;
     let kdir = kernel_headers(&apt, &pkgs, &abi)?;
-    let cross_compile = toolchain::aarch64(&apt, &pkgs.join("toolchain-aarch64"))?;
+    let tc = toolchain::unpacked(
+        Source::Private(&apt),
+        &pkgs.join("toolchain-aarch64"),
+        "aarch64-linux-gnu",
+        "arm64",
+    )?;
 
     let config = work.join("usrbd.toml");
-    service_config(&root, board, &config)?;
-    let payload = payload::prepare(&root, &work, &kdir, &release, &cross_compile, config)?;
+    service_config(root, board, &config)?;
+    let payload = payload::prepare(root, &work, &kdir, &release, &tc, config)?;
 
     let staging = work.join("rootfs");
     let parts = rootfs::Parts {
@@ -276,7 +279,7 @@ fn build_image(board: Board, size: u64) -> Result<PathBuf> {
     rootfs::stage(&staging, &parts)?;
     step(&format!(
         "root tree: busybox, usrbd, usrbd.ko in /lib/modules/{release}/extra, {}",
-        host::human(host::tree_size(&staging))
+        progress::human(progress::tree_size(&staging))
     ));
 
     let boot_dir = work.join("boot");
@@ -289,34 +292,50 @@ fn build_image(board: Board, size: u64) -> Result<PathBuf> {
         &parts,
         &rootfs::modules_dir(&staging, &release),
     )?;
-    boot_partition_files(
-        &root,
-        board,
-        &boot_dir,
-        &kernel_pkg,
-        &firmware_pkg,
-        &release,
-    )?;
+    boot_partition_files(root, board, &boot_dir, &kernel_pkg, &firmware_pkg, &release)?;
 
     let boot_fs = work.join("boot.vfat");
     let root_fs = work.join("root.ext4");
     disk::make_boot_fs(&boot_fs, &boot_dir)?;
     disk::make_root_fs(&root_fs, &staging, layout.root_size())?;
-    let image = default_image(&root, board);
+    let image = default_image(&paths.target(), board);
     disk::assemble(&image, &layout, &boot_fs, &root_fs)?;
     fs::remove_file(&boot_fs)?;
     fs::remove_file(&root_fs)?;
     step(&format!(
         "image: {} ({}) built in {:.0}s",
         image.display(),
-        host::human(size),
+        progress::human(size),
         started.elapsed().as_secs_f64()
     ));
     Ok(image)
 }
 
+/// The newest `6.12.N+deb12` kernel ABI the indexes hold for arm64.
+fn newest_kernel(apt: &Apt) -> Result<String> {
+    let names = apt.search_names(r"^linux-image-6\.12\.[0-9]+\+deb12-arm64$")?;
+    newest_abi(&names).context("no linux-image-6.12.N+deb12-arm64 in the bookworm indexes")
+}
+
+/// Picks the highest N among `linux-image-6.12.N+deb12-arm64` names.
+fn newest_abi(names: &[String]) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let abi = name.strip_prefix("linux-image-")?.strip_suffix("-arm64")?;
+            let n: u32 = abi
+                .strip_prefix("6.12.")?
+                .strip_suffix("+deb12")?
+                .parse()
+                .ok()?;
+            Some((n, abi.to_owned()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, abi)| abi)
+}
+
 /// Downloads a package and extracts it once into `pkgs/<deb name>/`.
-fn unpack(apt: &apt::Apt, pkgs: &Path, pkg: &str) -> Result<PathBuf> {
+fn unpack(apt: &Apt, pkgs: &Path, pkg: &str) -> Result<PathBuf> {
     let deb = apt.download(pkg)?;
     let stem = deb
         .file_stem()
@@ -332,7 +351,7 @@ fn unpack(apt: &apt::Apt, pkgs: &Path, pkg: &str) -> Result<PathBuf> {
         fs::write(&done, "")?;
         step(&format!(
             "extracted {pkg}: {}",
-            host::human(host::tree_size(&dir))
+            progress::human(progress::tree_size(&dir))
         ));
     }
     Ok(dir)
@@ -342,7 +361,7 @@ fn unpack(apt: &apt::Apt, pkgs: &Path, pkg: &str) -> Result<PathBuf> {
 /// and the host's kbuild tools extracted into one tree, so their relative
 /// `scripts`/`tools` links resolve; the Makefile's absolute include of the
 /// -common tree is pointed at the extracted copy. Returns KDIR.
-fn kernel_headers(apt: &apt::Apt, pkgs: &Path, abi: &str) -> Result<PathBuf> {
+fn kernel_headers(apt: &Apt, pkgs: &Path, abi: &str) -> Result<PathBuf> {
     let tree = pkgs.join(format!("headers-{abi}-arm64"));
     let kdir = tree.join(format!("usr/src/linux-headers-{abi}-arm64"));
     let done = tree.join(".extracted");
@@ -380,7 +399,7 @@ fn service_config(root: &Path, board: Board, out: &Path) -> Result<()> {
             default.display()
         );
     }
-    let text = host::capture(
+    let text = cmd::stdout(
         Command::new("sh")
             .arg(root.join("board/pinmaps/apply-pinmap.sh"))
             .arg(&default)
@@ -470,6 +489,21 @@ mod tests {
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn newest_abi_compares_numbers_not_text() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let found = names(&[
+            "linux-image-6.12.99+deb12-arm64",
+            "linux-image-6.12.117+deb12-arm64",
+            "linux-image-6.12.107+deb12-arm64",
+        ]);
+        assert_eq!(newest_abi(&found).as_deref(), Some("6.12.117+deb12"));
+        assert_eq!(
+            newest_abi(&names(&["linux-image-6.12.5+deb12-amd64"])),
+            None
+        );
     }
 
     #[test]

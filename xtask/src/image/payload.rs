@@ -8,7 +8,10 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 
-use super::host::{self, step};
+use super::progress::{self, step};
+use crate::cmd;
+use crate::setup::toolchain::Toolchain;
+use crate::setup::{self, Paths};
 
 pub struct Payload {
     pub service: PathBuf,
@@ -21,13 +24,13 @@ pub struct Payload {
 /// both in target/cross/aarch64/; they are used when newer than their
 /// sources (and, for the module, built for the image's kernel), otherwise
 /// we build our own.
-/// `cross_compile` is the aarch64 gcc prefix (`…/aarch64-linux-gnu-`).
+/// `tc` is the aarch64 cross gcc.
 pub fn prepare(
     root: &Path,
     work: &Path,
     kdir: &Path,
     kernel: &str,
-    cross_compile: &Path,
+    tc: &Toolchain,
     config: PathBuf,
 ) -> Result<Payload> {
     let init_script = root.join("firmware/packaging/S50usrbd");
@@ -37,17 +40,17 @@ pub fn prepare(
             init_script.display()
         );
     }
-    let cross = root.join("target/cross/aarch64");
+    let cross = Paths::new().target().join("cross/aarch64");
     let service = match cross.join("usrbd") {
         p if newer_than_sources(&p, &[root.join("firmware"), root.join("Cargo.lock")]) => {
             step(&format!(
                 "service: {} ({})",
                 p.display(),
-                host::human(host::tree_size(&p))
+                progress::human(progress::tree_size(&p))
             ));
             p
         }
-        _ => build_service(root, cross_compile)?,
+        _ => build_service(root, tc)?,
     };
     let module = match cross.join("usrbd.ko") {
         p if newer_than_sources(&p, &[root.join("kmod")])
@@ -56,7 +59,7 @@ pub fn prepare(
             step(&format!("module: {} (vermagic {kernel})", p.display()));
             p
         }
-        _ => build_module(root, work, kdir, kernel, cross_compile)?,
+        _ => build_module(root, work, kdir, kernel, tc)?,
     };
     check_static_aarch64(&service)?;
     Ok(Payload {
@@ -67,26 +70,19 @@ pub fn prepare(
     })
 }
 
-fn build_service(root: &Path, cross_compile: &Path) -> Result<PathBuf> {
+fn build_service(root: &Path, tc: &Toolchain) -> Result<PathBuf> {
     step("service: cargo build --release -p usrbd --target aarch64-unknown-linux-gnu (static)");
-    host::run(
-        Command::new("rustup")
-            .args(["target", "add", "aarch64-unknown-linux-gnu"])
-            .current_dir(root),
-    )?;
+    setup::ensure_rust_targets(&["aarch64-unknown-linux-gnu"])?;
     // Our own target dir: other tasks build the same target with other
     // features or linkers, and sharing would rebuild both sides each time.
-    let target_dir = root.join("target/image/cargo");
+    let target_dir = Paths::new().target().join("image/cargo");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    host::run(
+    cmd::run_quiet(
         Command::new(cargo)
             .args(["build", "--release", "-p", "usrbd", "--bin", "usrbd"])
             .args(["--target", "aarch64-unknown-linux-gnu", "--target-dir"])
             .arg(&target_dir)
-            .env(
-                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
-                format!("{}gcc", cross_compile.display()),
-            )
+            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER", tc.gcc())
             // RUSTFLAGS from the caller would replace ours and drop
             // crt-static: the image has no C library to link against.
             .env_remove("RUSTFLAGS")
@@ -101,7 +97,7 @@ fn build_service(root: &Path, cross_compile: &Path) -> Result<PathBuf> {
     step(&format!(
         "service: {} ({})",
         bin.display(),
-        host::human(host::tree_size(&bin))
+        progress::human(progress::tree_size(&bin))
     ));
     Ok(bin)
 }
@@ -150,7 +146,7 @@ fn build_module(
     work: &Path,
     kdir: &Path,
     kernel: &str,
-    cross_compile: &Path,
+    tc: &Toolchain,
 ) -> Result<PathBuf> {
     let src = root.join("kmod");
     if !src.join("Makefile").is_file() {
@@ -164,13 +160,13 @@ fn build_module(
     step(&format!(
         "module: make -C kmod ARCH=arm64 against {kernel} headers"
     ));
-    host::run(
+    cmd::run_quiet(
         Command::new("make")
             .arg("-C")
             .arg(&copy)
             .arg(format!("KDIR={}", kdir.display()))
             .arg("ARCH=arm64")
-            .arg(format!("CROSS_COMPILE={}", cross_compile.display()))
+            .arg(format!("CROSS_COMPILE={}", tc.prefix))
             .arg("-j2"),
     )?;
     let ko = copy.join("usrbd.ko");
@@ -184,7 +180,7 @@ fn build_module(
     step(&format!(
         "module: {} ({})",
         ko.display(),
-        host::human(host::tree_size(&ko))
+        progress::human(progress::tree_size(&ko))
     ));
     Ok(ko)
 }
@@ -244,7 +240,7 @@ fn is_build_product(name: &str) -> bool {
 }
 
 fn vermagic(ko: &Path) -> Result<String> {
-    let out = host::capture(host::tool("modinfo").args(["-F", "vermagic"]).arg(ko))?;
+    let out = cmd::stdout(cmd::tool("modinfo").args(["-F", "vermagic"]).arg(ko))?;
     Ok(out.trim().to_owned())
 }
 

@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 use super::cpio;
-use super::host::{self, step};
 use super::payload::Payload;
+use super::progress::{self, step};
+use crate::cmd;
 
 /// Inputs the root file system is made of.
 pub struct Parts<'a> {
@@ -96,7 +97,7 @@ pub fn stage(dir: &Path, parts: &Parts) -> Result<()> {
     let extra = modules_dir(dir, parts.release).join("extra");
     fs::create_dir_all(&extra)?;
     install(&p.module, &extra.join("usrbd.ko"), 0o644)?;
-    host::run(host::tool("depmod").arg("-b").arg(dir).arg(parts.release))?;
+    cmd::run_quiet(cmd::tool("depmod").arg("-b").arg(dir).arg(parts.release))?;
     step(&format!(
         "kernel modules: {kept} of the kernel's, decompressed, plus extra/usrbd.ko"
     ));
@@ -107,7 +108,7 @@ pub fn stage(dir: &Path, parts: &Parts) -> Result<()> {
 /// host's busybox-static is the same Debian build for amd64; the arm64
 /// binary cannot run here.
 fn busybox_applets() -> Result<Vec<String>> {
-    let out = host::capture(host::tool("busybox").arg("--list-full"))?;
+    let out = cmd::stdout(cmd::tool("busybox").arg("--list-full"))?;
     let applets: Vec<String> = out
         .lines()
         .map(|l| l.trim().to_owned())
@@ -134,8 +135,8 @@ fn install_modules(parts: &Parts, dest: &Path) -> Result<usize> {
     let src = parts.kernel_pkg.join("lib/modules").join(parts.release);
     // The package ships no modules.dep (its postinst runs depmod): make one.
     if !src.join("modules.dep").is_file() {
-        host::run(
-            host::tool("depmod")
+        cmd::run_quiet(
+            cmd::tool("depmod")
                 .arg("-b")
                 .arg(parts.kernel_pkg)
                 .arg(parts.release),
@@ -178,7 +179,7 @@ fn install_modules(parts: &Parts, dest: &Path) -> Result<usize> {
         }
     }
     for batch in compressed.chunks(256) {
-        host::run(Command::new("xz").args(["-d", "-f", "-T0"]).args(batch))?;
+        cmd::run_quiet(Command::new("xz").args(["-d", "-f", "-T0"]).args(batch))?;
     }
     Ok(all.len())
 }
@@ -256,7 +257,7 @@ pub fn initramfs(out: &Path, parts: &Parts, modules_dir: &Path) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" "),
-        host::human(host::tree_size(out))
+        progress::human(progress::tree_size(out))
     ));
     Ok(())
 }
