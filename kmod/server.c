@@ -5,10 +5,11 @@
  * ATTACH (from the control device) binds a new anonymous-inode fd to one
  * hardware queue of one device; the fd holds a device reference. SERVE on
  * that fd first applies the server's answers, then hands out new requests,
- * sleeping if there are none. Request data moves exactly once each way,
- * between the bio pages and the server's buffer at
- * buf_addr + tag * max_io_bytes: WRITE data when the request is fetched,
- * READ data when its answer is applied. No user copy happens under a
+ * sleeping if there are none. Request data moves exactly once each way
+ * (copy.c), between the bio pages and the server's buffer at
+ * buf_addr + tag * max_io_bytes, or buf_addr + offset for a linear buffer:
+ * WRITE data when the request is fetched, READ data when its answer is
+ * applied. No user copy happens under a
  * spinlock: a request being copied is marked FETCHING or COMPLETING so
  * that nobody else (timeout, server death, destroy) ends it meanwhile.
  * Those copies never take a page fault, since a fault may wait on anything
@@ -22,7 +23,6 @@
 #include <linux/blk-mq.h>
 #include <linux/err.h>
 #include <linux/fs.h>
-#include <linux/highmem.h>
 #include <linux/ktime.h>
 #include <linux/pagemap.h>
 #include <linux/sched/mm.h>
@@ -57,37 +57,6 @@ static void __user *usrbd_server_buf(struct usrbd_server *srv,
 		return u64_to_user_ptr(srv->buf_addr + usrbd_rq_offset(rq, cmd));
 	return u64_to_user_ptr(srv->buf_addr +
 			       (u64)cmd->tag * srv->dev->max_io_bytes);
-}
-
-/*
- * Copy a READ/WRITE payload between the bio pages and the server buffer,
- * failing (false) where a page of the buffer is not present rather than
- * faulting it in: see the comment at the top.
- */
-static bool usrbd_copy_data(struct request *rq, void __user *ubuf, bool to_server)
-{
-	struct req_iterator iter;
-	struct bio_vec bv;
-	unsigned long left = 0;
-	size_t off = 0;
-
-	pagefault_disable();
-	rq_for_each_segment(bv, rq, iter) {
-		void *kaddr = bvec_kmap_local(&bv);
-
-		if (to_server) {
-			left = copy_to_user(ubuf + off, kaddr, bv.bv_len);
-		} else {
-			left = copy_from_user(kaddr, ubuf + off, bv.bv_len);
-			flush_dcache_page(bv.bv_page);
-		}
-		kunmap_local(kaddr);
-		if (left)
-			break;
-		off += bv.bv_len;
-	}
-	pagefault_enable();
-	return !left;
 }
 
 static int usrbd_reject(struct usrbd_queue *q, const struct usrbd_completion *c,

@@ -130,6 +130,7 @@ void usrbd_ctrl_unregister(void);
 /* queue.c */
 extern const struct blk_mq_ops usrbd_mq_ops;
 u64 usrbd_rq_offset(struct request *rq, const struct usrbd_cmd *cmd);
+bool usrbd_copy_data(struct request *rq, void __user *ubuf, bool to_server);
 void usrbd_end_request(struct usrbd_queue *q, struct request *rq,
 		       blk_status_t status);
 void usrbd_fail_list(struct usrbd_queue *q, struct list_head *list,
