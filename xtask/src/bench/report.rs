@@ -354,15 +354,18 @@ fn diagnose(run: &Run, t: &Target) -> String {
             let _ = write!(out, " ({us:.0} µs of server CPU per fio I/O in {})", t.job);
         }
         out.push_str(
-            ": moving the data (one `copy_to_user`/`copy_from_user` per request \
-             between the bio pages and the worker's buffer, then the backend's own \
-             copy) and per-request work. Mapping the request pages instead of \
-             copying is the lever",
+            ": one memcpy per request between the bio pages and the server's pages \
+             (the RAM backend's own memory, attached linearly; the file backend adds \
+             its pread/pwrite through the worker's buffer), and the blk-mq path that \
+             brd, a bio-based driver, does not take at all: queue_rq, the queue lock \
+             twice per request, the wake-up of the worker, and one \
+             `blk_mq_end_request` per answer. Completing the answers of a SERVE call \
+             as one batch and fewer, larger requests are the levers left",
         );
         if t.job.contains("-1m-") {
             out.push_str(
-                ", with fewer, larger requests (`--max-io`: usrbd splits 1 MiB into \
-                 256 KiB requests by default, rublk into 512 KiB)",
+                " (`--max-io`: usrbd splits 1 MiB into 256 KiB requests by default, \
+                 rublk into 512 KiB)",
             );
         }
         out.push('.');
