@@ -408,14 +408,19 @@ fn ensure_rust_components() -> Result<()> {
     Ok(())
 }
 
+/// The items of `wanted` that are not a line of `listing`.
+fn not_listed<'a>(wanted: &[&'a str], listing: &str) -> Vec<&'a str> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|w| !listing.lines().any(|l| l.trim() == *w))
+        .collect()
+}
+
 /// Adds the rustup targets of `triples` that are not installed yet.
 pub fn ensure_rust_targets(triples: &[&str]) -> Result<()> {
     let installed = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    let missing: Vec<&str> = triples
-        .iter()
-        .copied()
-        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
-        .collect();
+    let missing = not_listed(triples, &installed);
     if missing.is_empty() {
         return Ok(());
     }

@@ -85,11 +85,7 @@ pub fn install_missing(pkgs: &[&str]) -> Result<()> {
 /// displaces the cross compilers).
 pub fn add_architectures(archs: &[&str]) -> Result<()> {
     let known = cmd::stdout(Command::new("dpkg").arg("--print-foreign-architectures"))?;
-    let missing: Vec<&str> = archs
-        .iter()
-        .copied()
-        .filter(|a| !known.lines().any(|k| k.trim() == *a))
-        .collect();
+    let missing = super::not_listed(archs, &known);
     if missing.is_empty() {
         return Ok(());
     }
