@@ -5,6 +5,7 @@
 //! the server thread is still stuck in its SERVE call.
 
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use nix::errno::Errno;
+use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
 use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_serve, usrbd_status};
 
 use crate::fuzz::rig::{self, AlignedBuf, DeviceSpec};
@@ -63,21 +65,18 @@ struct FaultingMemory {
 
 impl FaultingMemory {
     fn new(len: usize) -> Result<Self> {
+        let len_nz = NonZeroUsize::new(len).context("empty server buffer")?;
         // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+        let addr = unsafe {
+            mmap_anonymous(
+                None,
+                len_nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
             )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error()).context("mmap of the server buffer");
         }
-        let addr = NonNull::new(p.cast::<u8>()).context("mmap returned NULL")?;
+        .context("mmap of the server buffer")?
+        .cast::<u8>();
         // SAFETY: plain syscall; kernel-mode faults are allowed to root.
         let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
         if fd < 0 {
