@@ -356,19 +356,32 @@ fn diagnose(run: &Run, t: &Target) -> String {
         out.push_str(
             ": one memcpy per request between the bio pages and the server's pages \
              (the RAM backend's own memory, attached linearly; the file backend adds \
-             its pread/pwrite through the worker's buffer), and the blk-mq path that \
-             brd, a bio-based driver, does not take at all: queue_rq, the queue lock \
-             twice per request, the wake-up of the worker, and one \
-             `blk_mq_end_request` per answer. Completing the answers of a SERVE call \
-             as one batch and fewer, larger requests are the levers left",
+             its pread/pwrite through the worker's buffer), and the handoff itself. \
+             brd",
+        );
+        if let Some(r) = run.table.ratio("null_blk", "brd", t.job) {
+            let _ = write!(
+                out,
+                " and null_blk ({r:.2}× brd here: the blk-mq path alone is not the cost)"
+            );
+        }
+        out.push_str(
+            " end each request in the thread that submitted it; every usrbd request \
+             is queued by fio's thread, fetched and ended by the server's worker, \
+             and its completion wakes fio through io_uring: two threads on the \
+             2 vCPUs per request instead of one. Ending the answers of one SERVE \
+             call as one completion batch, as NVMe polling does, to cut fio's \
+             wake-ups",
         );
         if t.job.contains("-1m-") {
             out.push_str(
-                " (`--max-io`: usrbd splits 1 MiB into 256 KiB requests by default, \
-                 rublk into 512 KiB)",
+                " and fewer, larger requests (`--max-io`: usrbd splits 1 MiB into \
+                 256 KiB requests by default, rublk into 512 KiB) are the levers not \
+                 tried yet.",
             );
+        } else {
+            out.push_str(" is the lever not tried yet.");
         }
-        out.push('.');
     }
     out
 }
