@@ -476,6 +476,16 @@ fn ensure_checkpatch(paths: &Paths) -> Result<PathBuf> {
 
 /// virtme-ng, pinned, in a venv of its own under target/ so a fresh machine
 /// and a developer's get the same one.
+/// A new, empty Python venv at `dir` (whatever was there is removed).
+pub fn new_venv(dir: &Path) -> Result<()> {
+    let _ = fs::remove_dir_all(dir);
+    cmd::run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(dir),
+    )
+}
+
 fn ensure_vng(paths: &Paths) -> Result<PathBuf> {
     let venv = paths.xdir.join("venv");
     let vng = venv.join("bin/vng");
@@ -489,12 +499,7 @@ fn ensure_vng(paths: &Paths) -> Result<PathBuf> {
         "setup: installing virtme-ng {VNG_VERSION} into {}",
         venv.display()
     );
-    let _ = fs::remove_dir_all(&venv);
-    cmd::run(
-        Command::new("/usr/bin/python3")
-            .args(["-m", "venv"])
-            .arg(&venv),
-    )?;
+    new_venv(&venv)?;
     let pip = venv.join("bin/pip");
     let spec = format!("virtme-ng=={VNG_VERSION}");
     if cmd::run(Command::new(&pip).args(["install", "-q", &spec])).is_err() {

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::cmd;
-use crate::setup::Paths;
+use crate::setup::{self, Paths};
 
 /// Pinned so a fresh machine checks with the same rules as a developer's.
 const TOOLS: &[&str] = &["oelint-adv==9.11.2", "kas==5.5", "jsonschema==4.26.0"];
@@ -23,12 +23,7 @@ fn ensure_tools(paths: &Paths) -> Result<PathBuf> {
         return Ok(venv);
     }
     eprintln!("setup: installing {wanted} into {}", venv.display());
-    let _ = fs::remove_dir_all(&venv);
-    cmd::run(
-        Command::new("/usr/bin/python3")
-            .args(["-m", "venv"])
-            .arg(&venv),
-    )?;
+    setup::new_venv(&venv)?;
     cmd::run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "-q"])
