@@ -358,14 +358,7 @@ fn ensure_packages(scope: Scope) -> Result<(String, Option<String>)> {
         (missing, qemu_missing) = missing_packages(scope, &kernels);
     }
     if qemu_missing {
-        // bookworm's own QEMU (7.2) conflicts with the backports qemu-utils
-        // these machines carry; take QEMU from backports there.
-        let extra: &[&str] = if bookworm {
-            &["-t", "bookworm-backports"]
-        } else {
-            &[]
-        };
-        apt::install(extra, &["qemu-system-x86"])?;
+        ensure_qemu(&["qemu-system-x86"])?;
     }
     if !missing.is_empty() {
         apt::install(&["--no-install-recommends"], &missing)?;
@@ -385,6 +378,29 @@ fn ensure_packages(scope: Scope) -> Result<(String, Option<String>)> {
         }
     }
     Ok((kernels.main, kernels.k61))
+}
+
+/// Installs the QEMU packages of `pkgs` that are missing, from the suite the
+/// machine's qemu-utils came from: on bookworm that is bookworm-backports
+/// (new machines carry its qemu-utils 10.x, and apt refuses bookworm's 7.2
+/// `qemu-system-*` beside it).
+pub fn ensure_qemu(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| !apt::installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut extra = vec!["--no-install-recommends"];
+    if os_release("VERSION_CODENAME").as_deref() == Some("bookworm") {
+        if ensure_backports_source()? {
+            apt::update();
+        }
+        extra.extend(["-t", "bookworm-backports"]);
+    }
+    apt::install(&extra, &missing).context("installing QEMU")
 }
 
 fn ensure_rust_components() -> Result<()> {

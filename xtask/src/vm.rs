@@ -48,6 +48,18 @@ impl Vm {
             .arg("--rwdir")
             .arg(&self.rwdir)
             .current_dir(&self.cwd);
+        // vng starts virtme-run (and that its helpers) through PATH: the
+        // venv's bin/ must come first or a machine without a global
+        // virtme-ng fails with "virtme-run: not found".
+        if let Some(bin) = self.vng.parent() {
+            let mut dirs = vec![bin.to_path_buf()];
+            dirs.extend(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            ));
+            if let Ok(path) = std::env::join_paths(dirs) {
+                c.env("PATH", path);
+            }
+        }
         if !is_root() {
             c.args(["--user", "root"]);
         }

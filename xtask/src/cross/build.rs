@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::debian::{self, Flavour};
 use crate::cmd;
-use crate::setup::toolchain::{self, Source, Toolchain};
+use crate::setup::toolchain::{self, Toolchain};
 use crate::setup::Paths;
 
 /// One userspace target.
@@ -54,15 +54,7 @@ pub fn cross_dir() -> PathBuf {
 
 /// The cross gcc of `target`.
 pub fn toolchain(target: Target) -> Result<Toolchain> {
-    let cache = cross_dir();
-    toolchain::find(
-        Source::Host {
-            debs: &cache.join(format!("debs-toolchain-{}", target.deb_arch)),
-        },
-        &cache.join(format!("toolchain-{}", target.deb_arch)),
-        target.gnu,
-        target.deb_arch,
-    )
+    toolchain::ensure(target.gnu, target.deb_arch)
 }
 
 /// `CARGO_TARGET_<TRIPLE>_LINKER`.

@@ -48,7 +48,8 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Builds, boots and runs the arm64 VM scenarios; (passed, failed).
 /// Called by `cargo xtask test` as well as `cargo xtask cross --vm`.
 pub fn arm64_tier() -> Result<(usize, usize)> {
-    prepare(&["qemu-system-arm"])?;
+    prepare()?;
+    setup::ensure_qemu(&["qemu-system-arm"])?;
     let known = debian::known_packages()?;
     let ver = debian::pick_version(&known, debian::ARM64, true)?;
     ensure_kbuild(std::slice::from_ref(&ver))?;
@@ -78,7 +79,7 @@ pub fn arm64_tier() -> Result<(usize, usize)> {
 }
 
 fn build_all() -> Result<()> {
-    prepare(&[])?;
+    prepare()?;
     let known = debian::known_packages()?;
     let mut versions: Vec<(Flavour, String)> = Vec::new();
     for target in TARGETS {
@@ -127,11 +128,9 @@ fn build_all() -> Result<()> {
     Ok(())
 }
 
-/// Toolchains and apt architectures every cross task needs, plus `extra`.
-fn prepare(extra: &[&str]) -> Result<()> {
-    let mut pkgs = vec!["make", "file", "bc", "tar"];
-    pkgs.extend_from_slice(extra);
-    apt::install_missing(&pkgs)?;
+/// Toolchains and apt architectures every cross task needs.
+fn prepare() -> Result<()> {
+    apt::install_missing(&["make", "file", "bc", "tar"])?;
     apt::add_architectures(&["arm64", "armhf"])?;
     setup::ensure_rust_targets(&TARGETS.map(|t| t.triple))
 }

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd;
 use crate::setup::apt::{self, Apt};
-use crate::setup::toolchain::{self, Source};
+use crate::setup::toolchain;
 use crate::setup::Paths;
 use progress::step;
 
@@ -257,12 +257,7 @@ fn build_image(board: Board, size: u64) -> Result<PathBuf> {
     let firmware_pkg = unpack(&apt, &pkgs, "raspi-firmware")?;
     let busybox_pkg = unpack(&apt, &pkgs, "busybox-static:arm64")?;
     let kdir = kernel_headers(&apt, &pkgs, &abi)?;
-    let tc = toolchain::unpacked(
-        Source::Private(&apt),
-        &pkgs.join("toolchain-aarch64"),
-        "aarch64-linux-gnu",
-        "arm64",
-    )?;
+    let tc = toolchain::ensure("aarch64-linux-gnu", "arm64")?;
 
     let config = work.join("usrbd.toml");
     service_config(root, board, &config)?;
