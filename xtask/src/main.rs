@@ -2,6 +2,7 @@
 //! service, images, and for running the VM tests, the demo and benchmarks.
 
 mod bench;
+mod cleanroom;
 mod cmd;
 mod cross;
 mod image;
@@ -19,8 +20,10 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  test        host checks, module build, then every VM scenario (what CI runs)
+  test        host checks, module build, then every VM scenario
   demo        build and boot the appliance in QEMU, format, write, press the button
+              (test and demo take --clean-room: run inside a fresh root that has
+              only a new machine's packages; `test --clean-room` is what CI runs)
   vm          interactive shell in the test VM
   kmod        build usrbd.ko against the test kernel's headers
   cross       build service and module for aarch64 and armv7
@@ -35,7 +38,12 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
+    if matches!(task.as_str(), "test" | "demo") && rest.iter().any(|a| a == "--clean-room") {
+        let inner: Vec<String> = rest.into_iter().filter(|a| a != "--clean-room").collect();
+        return cleanroom::run(&task, &inner);
+    }
     match task.as_str() {
+        cleanroom::INNER_TASK => cleanroom::inner(&rest),
         "test" => test::run(&rest),
         "demo" => test::demo(&rest),
         "vm" => test::vm(&rest),

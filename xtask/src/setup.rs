@@ -21,8 +21,8 @@ pub mod toolchain;
 /// virtme-ng version the harness was checked with.
 const VNG_VERSION: &str = "1.42";
 
-const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
-const BACKPORTS_STANZA: &str = "\
+pub const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+pub const BACKPORTS_STANZA: &str = "\
 Types: deb
 URIs: http://deb.debian.org/debian
 Suites: bookworm-backports
@@ -380,6 +380,18 @@ fn ensure_packages(scope: Scope) -> Result<(String, Option<String>)> {
     Ok((kernels.main, kernels.k61))
 }
 
+/// On bookworm: the backports suite among apt's sources and apt's indexes
+/// fresh. Whether this is bookworm.
+pub fn ensure_backports_apt() -> Result<bool> {
+    if os_release("VERSION_CODENAME").as_deref() != Some("bookworm") {
+        return Ok(false);
+    }
+    if ensure_backports_source()? || apt_lists_stale() {
+        apt::update();
+    }
+    Ok(true)
+}
+
 /// Installs the QEMU packages of `pkgs` that are missing, from the suite the
 /// machine's qemu-utils came from: on bookworm that is bookworm-backports
 /// (new machines carry its qemu-utils 10.x, and apt refuses bookworm's 7.2
@@ -394,10 +406,7 @@ pub fn ensure_qemu(pkgs: &[&str]) -> Result<()> {
         return Ok(());
     }
     let mut extra = vec!["--no-install-recommends"];
-    if os_release("VERSION_CODENAME").as_deref() == Some("bookworm") {
-        if ensure_backports_source()? {
-            apt::update();
-        }
+    if ensure_backports_apt()? {
         extra.extend(["-t", "bookworm-backports"]);
     }
     apt::install(&extra, &missing).context("installing QEMU")
