@@ -8,7 +8,8 @@
 //! whose upper layer is new for every run; `/proc`, `/sys`, `/dev` mounted;
 //! the machine's Rust toolchain (rustup and cargo homes, only rustup's own
 //! programs in `~/.cargo/bin`) as overlays that discard the run's changes;
-//! the clone bind-mounted at its own path with an empty `target/` over it.
+//! the clone bind-mounted at its own path with an empty `target/` over it;
+//! the machine's network settings (resolver, proxy variables, added CAs).
 //! Nothing from the host's `/usr/local`, `~/.local`, `/opt` or an earlier
 //! `target/` is visible. The mounts live in a private mount namespace, so
 //! they vanish with the run whatever happens.
@@ -110,12 +111,7 @@ pub fn inner(args: &[String]) -> Result<()> {
     let room_repo = inside(&root, repo);
     bind(repo, &room_repo)?;
     bind(&fresh_dir(&run_dir.join("target"))?, &room_repo.join("target"))?;
-    for file in ["etc/resolv.conf", "etc/hosts"] {
-        let from = Path::new("/").join(file);
-        if from.exists() {
-            fs::copy(&from, root.join(file)).with_context(|| format!("copying /{file}"))?;
-        }
-    }
+    carry_network(&root)?;
 
     eprintln!("clean-room: running `cargo xtask {task} {}`", rest.join(" "));
     let status = Command::new("chroot")
@@ -129,6 +125,7 @@ pub fn inner(args: &[String]) -> Result<()> {
             "TERM=dumb",
             "PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         ])
+        .args(network_env())
         .args(["/bin/sh", "-c", r#"cd "$1" && shift && exec "$@""#, "sh"])
         .arg(repo)
         .args(["cargo", "xtask", task])
@@ -136,6 +133,65 @@ pub fn inner(args: &[String]) -> Result<()> {
         .status()
         .context("cannot chroot into the clean room")?;
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// The machine's way to the registries, which is no package's: name
+/// resolution, and the certificate authorities it added (a TLS-inspecting
+/// egress proxy's) both in the CA bundle and where `update-ca-certificates`
+/// keeps them when a package install rebuilds the bundle.
+fn carry_network(root: &Path) -> Result<()> {
+    for file in ["etc/resolv.conf", "etc/hosts", "etc/pip.conf", CA_BUNDLE] {
+        let from = Path::new("/").join(file);
+        if from.exists() {
+            fs::copy(&from, root.join(file)).with_context(|| format!("copying /{file}"))?;
+        }
+    }
+    let local = root.join("usr/local/share/ca-certificates");
+    fs::create_dir_all(&local)?;
+    for entry in fs::read_dir("/etc/ssl/certs")?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".pem") else {
+            continue;
+        };
+        let target = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        // Debian's own authorities, and ssl-cert's self-signed host key.
+        if target.starts_with("/usr/share/ca-certificates") || stem == "ssl-cert-snakeoil" {
+            continue;
+        }
+        fs::copy(&target, local.join(format!("host-{stem}.crt")))
+            .with_context(|| format!("copying {}", target.display()))?;
+    }
+    Ok(())
+}
+
+const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+
+/// `NAME=value` for the environment variables that point programs at the
+/// machine's proxy, CA bundle or registry mirrors.
+fn network_env() -> Vec<String> {
+    const NAMES: &[&str] = &[
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "PIP_CERT",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_DEFAULT_TIMEOUT",
+        "CARGO_HTTP_CAINFO",
+        "RUSTUP_AUTO_INSTALL",
+    ];
+    env::vars()
+        .filter(|(k, _)| {
+            NAMES.contains(&k.as_str())
+                || k.to_ascii_lowercase().ends_with("_proxy")
+                || k.starts_with("CARGO_REGISTRIES_")
+                || k.starts_with("CARGO_NET_")
+        })
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }
 
 /// The package names of the list, each as apt should install it: from the

@@ -361,7 +361,7 @@ fn ensure_packages(scope: Scope) -> Result<(String, Option<String>)> {
         ensure_qemu(&["qemu-system-x86"])?;
     }
     if !missing.is_empty() {
-        apt::install(&["--no-install-recommends"], &missing)?;
+        apt::install_kernels(&["--no-install-recommends"], &missing)?;
     }
     for (what, ok) in [
         (
