@@ -50,8 +50,7 @@ pub fn run(task: &str, args: &[String]) -> Result<()> {
 
     let run_dir = PathBuf::from(RUNS).join(format!("run-{}", std::process::id()));
     remove_tree(&run_dir)?;
-    fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     eprintln!(
         "clean-room: base {}, this run's layer {}",
         base.display(),
@@ -110,10 +109,16 @@ pub fn inner(args: &[String]) -> Result<()> {
 
     let room_repo = inside(&root, repo);
     bind(repo, &room_repo)?;
-    bind(&fresh_dir(&run_dir.join("target"))?, &room_repo.join("target"))?;
+    bind(
+        &fresh_dir(&run_dir.join("target"))?,
+        &room_repo.join("target"),
+    )?;
     carry_network(&root)?;
 
-    eprintln!("clean-room: running `cargo xtask {task} {}`", rest.join(" "));
+    eprintln!(
+        "clean-room: running `cargo xtask {task} {}`",
+        rest.join(" ")
+    );
     let status = Command::new("chroot")
         .arg(&root)
         .args(["/usr/bin/env", "-i"])
@@ -354,7 +359,11 @@ fn available(
     for (i, src) in sources.iter().chain([&backports.to_path_buf()]).enumerate() {
         let name = src.file_name().context("source without a name")?;
         let name = name.to_string_lossy();
-        let ext = if name.ends_with(".sources") { "sources" } else { "list" };
+        let ext = if name.ends_with(".sources") {
+            "sources"
+        } else {
+            "list"
+        };
         fs::copy(src, parts.join(format!("{i:02}.{ext}")))?;
     }
     let known = cmd::stdout(

@@ -81,8 +81,7 @@ fn install_with(extra: &[&str], pkgs: &[impl AsRef<str>], envs: &[(&str, &str)])
     if let Err(first) = apt_get_with(&args, envs) {
         eprintln!("apt: retrying after: {first:#}");
         std::thread::sleep(Duration::from_secs(10));
-        apt_get_with(&args, envs)
-            .with_context(|| format!("installing {}", args[1..].join(" ")))?;
+        apt_get_with(&args, envs).with_context(|| format!("installing {}", args[1..].join(" ")))?;
     }
     Ok(())
 }
