@@ -58,33 +58,66 @@ pub fn run(_args: &[String]) -> Result<()> {
     check_lock_rust(&paths)
 }
 
-/// oelint-adv, with the committed `yocto/.oelint.cfg`, on every recipe.
+/// oelint-adv, with the committed `yocto/.oelint.cfg`, on every recipe,
+/// with the rules of each supported series.
 pub fn lint_recipes(paths: &Paths) -> Result<()> {
     let venv = ensure_tools(paths)?;
     let yocto = paths.repo.join("yocto");
     let mut recipes = Vec::new();
     files_with(&yocto.join("meta-usrbd"), &["bb", "bbappend"], &mut recipes)?;
     recipes.sort();
-    let (ok, out) = cmd::capture(
-        Command::new(venv.join("bin/oelint-adv"))
-            .arg("--quiet")
-            .args(&recipes)
-            .current_dir(&yocto),
-    )?;
-    if !ok || !out.trim().is_empty() {
-        bail!("oelint-adv on {} recipes:\n{out}", recipes.len());
+    for series in SERIES {
+        let (ok, out) = cmd::capture(
+            Command::new(venv.join("bin/oelint-adv"))
+                .args(["--quiet", "--release", series])
+                .args(&recipes)
+                .current_dir(&yocto),
+        )?;
+        if !ok || !out.trim().is_empty() {
+            bail!(
+                "oelint-adv --release {series} on {} recipes:\n{out}",
+                recipes.len()
+            );
+        }
+        println!(
+            "    oelint-adv --release {series}: {} recipes, 0 findings",
+            recipes.len()
+        );
     }
-    println!("    oelint-adv: {} recipes, 0 findings", recipes.len());
     Ok(())
 }
 
-/// Every kas file against kas's own schema, layers pinned to commits.
+/// The Yocto series the layer supports: one directory of kas files each.
+const SERIES: &[&str] = &["scarthgap", "wrynose"];
+
+/// Every machine file of every series against kas's own schema, layers
+/// pinned to commits on that series' branches, the same machines in each.
 pub fn check_kas(paths: &Paths) -> Result<()> {
     let venv = ensure_tools(paths)?;
     let mut files = Vec::new();
-    files_with(&paths.repo.join("yocto/kas"), &["yml"], &mut files)?;
-    files.retain(|f| f.file_name().is_some_and(|n| n != "common.yml"));
-    files.sort();
+    let mut machines: Vec<(&str, Vec<String>)> = Vec::new();
+    for series in SERIES {
+        let mut these = Vec::new();
+        files_with(
+            &paths.repo.join("yocto/kas").join(series),
+            &["yml"],
+            &mut these,
+        )?;
+        these.sort();
+        let names = these
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        machines.push((series, names));
+        files.extend(these);
+    }
+    if let Some((series, names)) = machines.iter().find(|(_, n)| *n != machines[0].1) {
+        bail!(
+            "yocto/kas/{series}/ has {names:?}, yocto/kas/{}/ has {:?}: every series needs the same machines",
+            machines[0].0,
+            machines[0].1
+        );
+    }
     let (ok, out) = cmd::capture(
         Command::new(venv.join("bin/python3"))
             .arg(paths.repo.join("yocto/scripts/check-kas.py"))
