@@ -174,18 +174,28 @@ fn ensure_base_image(podman: &Path, dir: &Path) -> Result<()> {
 /// cross, built once into target/cross-rs/bin.
 fn ensure_cross(dir: &Path) -> Result<PathBuf> {
     let bin = dir.join("bin/cross");
-    let wanted = format!("cross {CROSS_VERSION}");
-    if let Ok(v) = cmd::stdout(Command::new(&bin).arg("--version")) {
-        if v.lines().next().is_some_and(|l| l.trim() == wanted) {
-            return Ok(bin);
-        }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Asked of cargo, not of cross: `cross --version` in a cargo project
+    // runs the rustup calls of `build` against the machine's RUSTUP_HOME.
+    let listed = cmd::stdout(
+        Command::new(&cargo)
+            .args(["install", "--list", "--root"])
+            .arg(dir),
+    )
+    .unwrap_or_default();
+    if bin.exists()
+        && listed
+            .lines()
+            .any(|l| l == format!("cross v{CROSS_VERSION}:"))
+    {
+        return Ok(bin);
     }
     eprintln!(
         "cross-rs: cargo install cross {CROSS_VERSION} into {} (~4 min)",
         dir.display()
     );
     cmd::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        Command::new(&cargo)
             .args([
                 "install",
                 "--locked",
@@ -209,25 +219,29 @@ fn toolchain_dir() -> Result<PathBuf> {
 }
 
 fn build(paths: &Paths, dir: &Path, podman: &Path, cross: &Path, t: &Target) -> Result<()> {
-    // cross 0.2.5 misreads rustup 1.29's `(active, default)` and runs
-    // `rustup toolchain add stable`. So cross gets no rustup at all: the
-    // toolchain's own bin/ first on PATH and every directory holding a
-    // `rustup` left out (a first run with rustup still reachable installed a
-    // toolchain into the private RUSTUP_HOME and self-updated the machine's
-    // rustup binary). The private RUSTUP_HOME, with self-update off, is a
-    // second fence should some rustup be reached anyway.
+    // cross 0.2.5 misreads rustup 1.29's `(active, default)` suffix of
+    // `rustup toolchain list` and runs `rustup toolchain add`, updating the
+    // machine's toolchain. So cross gets a RUSTUP_HOME of its own that only
+    // links the machine's toolchain, with nothing default or active (the
+    // list is then the bare name, which cross matches) and self-update off;
+    // that toolchain's bin/ first on PATH; and CROSS_CUSTOM_TOOLCHAIN, so it
+    // adds no targets or components (setup::ensure_rust_targets did).
     let toolchain = toolchain_dir()?;
+    let name = toolchain
+        .file_name()
+        .context("the toolchain's sysroot has no name")?;
     let rustup_home = dir.join("rustup");
-    fs::create_dir_all(&rustup_home)?;
+    let _ = fs::remove_dir_all(&rustup_home);
+    fs::create_dir_all(rustup_home.join("toolchains"))?;
     fs::write(
         rustup_home.join("settings.toml"),
         "version = \"12\"\nauto_self_update = \"disable\"\n",
     )?;
-    let inherited = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(
-        std::iter::once(toolchain.join("bin"))
-            .chain(std::env::split_paths(&inherited).filter(|d| !d.join("rustup").exists())),
-    )?;
+    std::os::unix::fs::symlink(&toolchain, rustup_home.join("toolchains").join(name))
+        .context("linking the toolchain into cross's RUSTUP_HOME")?;
+    let path = std::env::join_paths(std::iter::once(toolchain.join("bin")).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
     let target_dir = dir.join("target");
     eprintln!(
         "cross-rs: cross build --release --target {} (image build and compile: minutes)",
@@ -241,6 +255,7 @@ fn build(paths: &Paths, dir: &Path, podman: &Path, cross: &Path, t: &Target) -> 
             .current_dir(&paths.repo)
             .env("PATH", path)
             .env("RUSTUP_HOME", &rustup_home)
+            .env("CROSS_CUSTOM_TOOLCHAIN", "1")
             .env_remove("RUSTUP_TOOLCHAIN")
             .env("CROSS_CONTAINER_ENGINE", podman),
     )?;
