@@ -29,7 +29,8 @@ tasks:
   image       build a flashable SD-card image (--board rpi3-64|rpi4-64)
   run-image   boot that image in QEMU raspi3b until the service serves
   bench       fio on usrbd, brd, null_blk, ublk and nbd in one VM; writes docs/benchmarks.md
-  yocto-check oelint-adv on the recipes, kas schema, crate list vs Cargo.lock
+  yocto-check oelint-adv (scarthgap, wrynose), kas files of both series, crate list and
+              Cargo.lock vs scarthgap's cargo 1.75
   soak        long reliability scenarios (rel_*, USRBD_SOAK=1); --docs writes docs/reliability.md
 ";
 
