@@ -16,8 +16,9 @@ USRBD_SITE = $(USRBD_TOPDIR)
 USRBD_SITE_METHOD = git
 USRBD_LICENSE = MIT or Apache-2.0
 USRBD_LICENSE_FILES = LICENSE-MIT LICENSE-APACHE
-# The tarball is of whatever HEAD is: no fixed hash to list. usrbd.hash
-# covers the licence texts.
+# The tarball is of whatever HEAD is: no fixed hash to list (the usrbd
+# defconfigs therefore leave BR2_DOWNLOAD_FORCE_CHECK_HASHES off, which
+# ignores this list). usrbd.hash covers the licence texts.
 BR_NO_CHECK_HASH_FOR += $(USRBD_SOURCE)
 # Build outputs of a checkout are not sources (USRBD_OVERRIDE_SRCDIR).
 USRBD_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = --exclude /target --exclude /build
