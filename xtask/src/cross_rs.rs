@@ -115,11 +115,7 @@ fn ensure_podman() -> Result<PathBuf> {
     let conf = Path::new(CONTAINERS_CONF);
     match fs::read_to_string(conf) {
         Ok(text) => {
-            let missing: Vec<&str> = CONTAINERS_CONF_KEYS
-                .iter()
-                .copied()
-                .filter(|k| !text.lines().any(|l| l.trim() == *k))
-                .collect();
+            let missing = missing_settings(&text);
             if !missing.is_empty() {
                 // Not merged by hand: TOML tables cannot be appended twice.
                 bail!(
@@ -140,6 +136,15 @@ fn ensure_podman() -> Result<PathBuf> {
     cmd::run_quiet(Command::new(&podman).arg("info"))
         .context("podman does not work (see `podman info`)")?;
     Ok(podman)
+}
+
+/// The lines of CONTAINERS_CONF_KEYS that `text` lacks.
+fn missing_settings(text: &str) -> Vec<&'static str> {
+    CONTAINERS_CONF_KEYS
+        .iter()
+        .copied()
+        .filter(|k| !text.lines().any(|l| l.trim() == *k))
+        .collect()
 }
 
 /// `debian:bookworm-slim` without a registry: a minbase bookworm made by
@@ -314,4 +319,28 @@ fn expect_file(path: &Path, want: &[&str]) -> Result<()> {
     }
     println!("    {}: {}", path.display(), out.trim());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_conf_needs_every_setting() {
+        assert!(missing_settings(CONTAINERS_CONF_TEXT).is_empty());
+        let crun = CONTAINERS_CONF_TEXT.replace("runtime = \"runc\"", "runtime = \"crun\"");
+        assert_eq!(missing_settings(&crun), ["runtime = \"runc\""]);
+        assert_eq!(missing_settings("").len(), CONTAINERS_CONF_KEYS.len());
+    }
+
+    #[test]
+    fn file_check_rejects_what_is_not_that_elf() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let err = expect_file(&manifest, TARGETS[0].elf).unwrap_err();
+        assert!(format!("{err:#}").contains("expected ELF 64-bit LSB"));
+        // The test binary itself is an x86-64 ELF, not an aarch64 one.
+        let me = std::env::current_exe().unwrap();
+        assert!(expect_file(&me, &["ELF 64-bit LSB"]).is_ok());
+        assert!(expect_file(&me, TARGETS[0].elf).is_err());
+    }
 }
