@@ -23,17 +23,22 @@ const CROSS_VERSION: &str = "0.2.5";
 /// What Cross.toml's Dockerfiles start `FROM`.
 const BASE_IMAGE: &str = "docker.io/library/debian:bookworm-slim";
 const CONTAINERS_CONF: &str = "/etc/containers/containers.conf";
+/// First line of the file when this code wrote it (and may rewrite it).
+const CONTAINERS_CONF_MARK: &str = "# Written by `cargo xtask cross-rs` (xtask/src/cross_rs.rs).";
 /// Rootful Podman on these machines: no CAP_SYS_RESOURCE (crun's setrlimit
 /// of the default ulimits fails), hybrid cgroups (crun refuses; runc with
-/// the cgroupfs manager works, with or without systemd).
+/// the cgroupfs manager works, with or without systemd). Logs and events go
+/// to files: a chroot (the CI's clean room) has no journald.
 const CONTAINERS_CONF_TEXT: &str = "\
 # Written by `cargo xtask cross-rs` (xtask/src/cross_rs.rs).
 [containers]
 default_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]
+log_driver = \"k8s-file\"
 
 [engine]
 runtime = \"runc\"
 cgroup_manager = \"cgroupfs\"
+events_logger = \"file\"
 ";
 /// The settings above, as lines an existing file must carry.
 const CONTAINERS_CONF_KEYS: &[&str] = &[
@@ -114,7 +119,8 @@ fn ensure_podman() -> Result<PathBuf> {
     apt::install_missing(PACKAGES).context("installing podman")?;
     let conf = Path::new(CONTAINERS_CONF);
     match fs::read_to_string(conf) {
-        Ok(text) => {
+        Ok(text) if text == CONTAINERS_CONF_TEXT => {}
+        Ok(text) if !text.starts_with(CONTAINERS_CONF_MARK) => {
             let missing = missing_settings(&text);
             if !missing.is_empty() {
                 // Not merged by hand: TOML tables cannot be appended twice.
@@ -125,7 +131,8 @@ fn ensure_podman() -> Result<PathBuf> {
                 );
             }
         }
-        Err(_) => {
+        // Absent, or written by an older version of this code.
+        _ => {
             eprintln!("cross-rs: writing {CONTAINERS_CONF}");
             fs::create_dir_all("/etc/containers").context("creating /etc/containers")?;
             fs::write(conf, CONTAINERS_CONF_TEXT)
@@ -328,6 +335,7 @@ mod tests {
     #[test]
     fn containers_conf_needs_every_setting() {
         assert!(missing_settings(CONTAINERS_CONF_TEXT).is_empty());
+        assert!(CONTAINERS_CONF_TEXT.starts_with(CONTAINERS_CONF_MARK));
         let crun = CONTAINERS_CONF_TEXT.replace("runtime = \"runc\"", "runtime = \"crun\"");
         assert_eq!(missing_settings(&crun), ["runtime = \"runc\""]);
         assert_eq!(missing_settings("").len(), CONTAINERS_CONF_KEYS.len());
