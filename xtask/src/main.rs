@@ -5,6 +5,7 @@ mod bench;
 mod cleanroom;
 mod cmd;
 mod cross;
+mod cross_rs;
 mod image;
 mod module;
 mod scenarios;
@@ -27,10 +28,12 @@ tasks:
   vm          interactive shell in the test VM
   kmod        build usrbd.ko against the test kernel's headers
   cross       build service and module for aarch64 and armv7
+  cross-rs    `cross build --release` for aarch64 and armv7 with Podman, and the module in that image
   image       build a flashable SD-card image (--board rpi3-64|rpi4-64)
   run-image   boot that image in QEMU raspi3b until the service serves
   bench       fio on usrbd, brd, null_blk, ublk and nbd in one VM; writes docs/benchmarks.md
-  yocto-check oelint-adv on the recipes, kas schema, crate list vs Cargo.lock
+  yocto-check oelint-adv (scarthgap, wrynose), kas files of both series, crate list and
+              Cargo.lock vs scarthgap's cargo 1.75
   soak        long reliability scenarios (rel_*, USRBD_SOAK=1); --docs writes docs/reliability.md
 ";
 
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
         "vm" => test::vm(&rest),
         "kmod" => test::kmod(&rest),
         "cross" => cross::run(&rest),
+        "cross-rs" => cross_rs::run(&rest),
         "image" => image::build(&rest),
         "run-image" => image::run(&rest),
         "bench" => bench::run(&rest),

@@ -244,6 +244,12 @@ pub fn run(args: &[String]) -> Result<()> {
         report.step("usrbd-crates.inc = Cargo.lock", || {
             crate::yocto::check_crates(&paths)
         });
+        report.step("Cargo.lock readable by scarthgap's cargo", || {
+            crate::yocto::check_lock_rust(&paths)
+        });
+        report.step("cross build (cross-rs, Podman)", || {
+            crate::cross_rs::check(&paths)
+        });
     }
     let bins = report.step("build-release", || build_for_vm(&paths));
 

@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Offline check of the kas files: yocto/scripts/check-kas.py yocto/kas/*.yml
+"""Offline check of the kas files: yocto/scripts/check-kas.py yocto/kas/*/*.yml
 
 `kas dump` clones every repository before it prints anything, so it needs the
 network. This loads each file the way kas does (kas's own IncludeHandler:
 every file and every include validated against kas's JSON schema, includes
 merged), validates the merged result against the schema again, and checks
 what the usrbd build relies on: a machine, the usrbd-poky distro, the usrbd-image target, and
-every remote layer pinned to a full commit id on a named branch.
+every remote layer pinned to a full commit id on a named branch, and the
+layers of the file's series (its directory: scarthgap/, wrynose/) on that
+series' branches, so a machine file cannot mix series.
 
 Needs `pip install kas` (the tool itself is Python, hence this check is too).
 Exit status 1 if any file fails.
 """
 
 import argparse
+import os
 import re
 import sys
 
@@ -22,6 +25,17 @@ from kas.context import create_global_context
 from kas.includehandler import IncludeHandler
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+# The remote repositories of each supported series and their branches.
+SERIES = {
+    "scarthgap": {"poky": "scarthgap", "meta-raspberrypi": "scarthgap"},
+    "wrynose": {
+        "bitbake": "2.18",
+        "openembedded-core": "wrynose",
+        "meta-yocto": "wrynose",
+        "meta-raspberrypi": "wrynose",
+    },
+}
 
 
 def check(path):
@@ -34,6 +48,18 @@ def check(path):
             problems.append(f"{key} is {config.get(key)!r}, expected {want!r}")
     if not config.get("machine"):
         problems.append("no machine")
+    series = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    want = SERIES.get(series)
+    remote = {n: r or {} for n, r in (config.get("repos") or {}).items() if "url" in (r or {})}
+    if want is None:
+        problems.append(f"not in a series directory ({', '.join(SERIES)})")
+    else:
+        if set(remote) != set(want):
+            problems.append(f"repos {sorted(remote)}, {series} needs {sorted(want)}")
+        for name, branch in want.items():
+            got = str(remote.get(name, {}).get("branch", ""))
+            if name in remote and got != branch:
+                problems.append(f"repo {name!r} is on branch {got!r}, {series} is {branch!r}")
     for name, repo in (config.get("repos") or {}).items():
         repo = repo or {}
         if "url" not in repo:

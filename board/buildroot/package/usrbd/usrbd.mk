@@ -4,12 +4,23 @@
 #
 ################################################################################
 
-# Built from the checkout this external tree sits in.
-USRBD_VERSION = 0.1.0
+# Built from the checkout this external tree sits in, as committed: the git
+# download clones it at HEAD, and the cargo-package infrastructure vendors
+# the crates of Cargo.lock into the same tarball (cargo checks each crate
+# against the lock's sha256), so `make usrbd-source` fetches everything and
+# later builds run offline. To build uncommitted edits, point
+# USRBD_OVERRIDE_SRCDIR at the checkout (local.mk): cargo then reads the
+# crates that download left in Buildroot's cargo home.
+USRBD_VERSION := $(shell git -C $(USRBD_TOPDIR) rev-parse HEAD)
 USRBD_SITE = $(USRBD_TOPDIR)
-USRBD_SITE_METHOD = local
+USRBD_SITE_METHOD = git
 USRBD_LICENSE = MIT or Apache-2.0
-# Build outputs of the checkout are not sources.
+USRBD_LICENSE_FILES = LICENSE-MIT LICENSE-APACHE
+# The tarball is of whatever HEAD is: no fixed hash to list (the usrbd
+# defconfigs therefore leave BR2_DOWNLOAD_FORCE_CHECK_HASHES off, which
+# ignores this list). usrbd.hash covers the licence texts.
+BR_NO_CHECK_HASH_FOR += $(USRBD_SOURCE)
+# Build outputs of a checkout are not sources (USRBD_OVERRIDE_SRCDIR).
 USRBD_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = --exclude /target --exclude /build
 
 # The service crate is a member of the workspace at the repository root.
@@ -19,20 +30,6 @@ ifeq ($(BR2_PACKAGE_USRBD_RPI),y)
 USRBD_CARGO_BUILD_OPTS += --features rpi
 USRBD_CARGO_INSTALL_OPTS += --features rpi
 endif
-
-# Buildroot vendors crates while downloading, which a local source skips:
-# vendor them here, once host-rustc is built (this step needs the network,
-# like any download), and point cargo at the vendored copy, so the build
-# itself stays --offline --locked.
-define USRBD_VENDOR_CRATES
-	if [ ! -d $(@D)/VENDOR ]; then \
-		mkdir -p $(@D)/.cargo && \
-		cd $(@D) && $(HOST_MAKE_ENV) CARGO_HOME=$(BR_CARGO_HOME) \
-			cargo vendor --locked --versioned-dirs VENDOR \
-			>> $(@D)/.cargo/config.toml; \
-	fi
-endef
-USRBD_PRE_CONFIGURE_HOOKS += USRBD_VENDOR_CRATES
 
 USRBD_PINMAP = $(call qstrip,$(BR2_PACKAGE_USRBD_PINMAP))
 

@@ -6,15 +6,19 @@ HOMEPAGE = "https://github.com/usrbd/usrbd"
 BUGTRACKER = "https://github.com/usrbd/usrbd/issues"
 SECTION = "base"
 LICENSE = "MIT | Apache-2.0"
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302 \
-                    file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10 \
+# The repository's own licence texts (the workspace: `license = "MIT OR Apache-2.0"`).
+LIC_FILES_CHKSUM = "file://LICENSE-MIT;md5=04c3aee67c0cf4228b89462916897464 \
+                    file://LICENSE-APACHE;md5=3b83ef96387f14655fc854ddc3c6bd57 \
 "
 
 FILESEXTRAPATHS:prepend := "${USRBD_TOPDIR}:"
 SRC_URI = "file://firmware/usrbd.toml;subdir=${BP} \
            file://board/pinmaps;subdir=${BP} \
+           file://LICENSE-MIT;subdir=${BP} \
+           file://LICENSE-APACHE;subdir=${BP} \
 "
-S = "${WORKDIR}/${BP}"
+# S is the default ${BP} directory of the unpacked files in both series
+# (WORKDIR in scarthgap, UNPACKDIR from styhead on).
 
 # Only files are installed: no compiler, no C library.
 INHIBIT_DEFAULT_DEPS = "1"

@@ -5,10 +5,9 @@ HOMEPAGE = "https://github.com/usrbd/usrbd"
 BUGTRACKER = "https://github.com/usrbd/usrbd/issues"
 SECTION = "base"
 LICENSE = "MIT | Apache-2.0"
-# The workspace says `license = "MIT OR Apache-2.0"`; the repository has no
-# license text files yet, so the common texts are checked.
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302 \
-                    file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10 \
+# The repository's own licence texts (the workspace: `license = "MIT OR Apache-2.0"`).
+LIC_FILES_CHKSUM = "file://LICENSE-MIT;md5=04c3aee67c0cf4228b89462916897464 \
+                    file://LICENSE-APACHE;md5=3b83ef96387f14655fc854ddc3c6bd57 \
 "
 
 # Generated from Cargo.lock: `bitbake -c update_crates usrbd` (yocto/README.md).
@@ -23,6 +22,8 @@ SRC_URI += "file://Cargo.toml;subdir=${BP} \
             file://firmware;subdir=${BP} \
             file://xtask;subdir=${BP} \
             file://tests/vmkit;subdir=${BP} \
+            file://LICENSE-MIT;subdir=${BP} \
+            file://LICENSE-APACHE;subdir=${BP} \
 "
 
 inherit cargo cargo-update-recipe-crates systemd update-rc.d
@@ -55,3 +56,13 @@ INITSCRIPT_PARAMS = "defaults 50"
 # pin map), so it lives in its own recipe; the module is machine-specific too.
 RDEPENDS:${PN} += "usrbd-config"
 RRECOMMENDS:${PN} += "kernel-module-usrbd"
+
+# The USB mass-storage export: the DWC2 controller (peripheral mode), the
+# gadget framework the service loads (`modprobe libcomposite`) and the
+# function configfs loads when the service creates mass_storage.0. Raspberry
+# Pi kernels build them as modules; recommended, not required, so a kernel
+# that builds them in (no such packages) still makes an image.
+RRECOMMENDS:${PN} += "kernel-module-dwc2 \
+                      kernel-module-libcomposite \
+                      kernel-module-usb-f-mass-storage \
+"

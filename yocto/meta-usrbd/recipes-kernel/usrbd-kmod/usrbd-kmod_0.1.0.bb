@@ -5,14 +5,14 @@ HOMEPAGE = "https://github.com/usrbd/usrbd"
 BUGTRACKER = "https://github.com/usrbd/usrbd/issues"
 SECTION = "kernel/modules"
 LICENSE = "GPL-2.0-only"
-# The module is GPL-2.0 (its UAPI header adds the Linux-syscall-note); the
-# repository has no license text file yet, so the common text is checked.
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/GPL-2.0-only;md5=801f80980d171dd6425610833a22dbe6"
+# The module is GPL-2.0 (its UAPI header adds the Linux-syscall-note):
+# kmod/COPYING.
+LIC_FILES_CHKSUM = "file://COPYING;md5=b234ee4d69f5fce4486a80fdaf4a4263"
 
 # kmod/ of the checkout this layer sits in (USRBD_TOPDIR, conf/layer.conf).
 FILESEXTRAPATHS:prepend := "${USRBD_TOPDIR}:"
 SRC_URI = "file://kmod;subdir=${BP}"
-S = "${WORKDIR}/${BP}/kmod"
+S = "${USRBD_UNPACKDIR}/${BP}/kmod"
 
 inherit module
 
