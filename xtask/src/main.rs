@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod cross;
+mod deb;
 mod image;
 mod module;
 mod scenarios;
@@ -24,6 +25,7 @@ tasks:
   vm          interactive shell in the test VM
   kmod        build usrbd.ko against the test kernel's headers
   cross       build service and module for aarch64 and armv7
+  deb         Debian packages: usrbd-dkms and usrbd (amd64, arm64, armhf), lintian
   image       build a flashable SD-card image (--board rpi3-64|rpi4-64)
   run-image   boot that image in QEMU raspi3b until the service serves
   bench       fio on usrbd, brd, null_blk, ublk and nbd in one VM; writes docs/benchmarks.md
@@ -41,6 +43,7 @@ fn main() -> Result<()> {
         "vm" => test::vm(&rest),
         "kmod" => test::kmod(&rest),
         "cross" => cross::run(&rest),
+        "deb" => deb::run(&rest),
         "image" => image::build(&rest),
         "run-image" => image::run(&rest),
         "bench" => bench::run(&rest),
