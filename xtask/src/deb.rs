@@ -250,7 +250,12 @@ fn lintian(debs: &[PathBuf]) -> Result<()> {
     eprintln!("deb: lintian on {} package(s)", debs.len());
     let (ok, text) = cmd::capture(
         Command::new("lintian")
-            .args(["--fail-on", "error,warning", "--display-info"])
+            .args([
+                "--fail-on",
+                "error,warning",
+                "--display-info",
+                "--allow-root",
+            ])
             .args(debs),
     )?;
     print!("{text}");
