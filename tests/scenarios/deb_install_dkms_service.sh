@@ -10,7 +10,7 @@
 # where $USRBD is), built around the binary this test run built.
 # group: main
 # order: 95
-# timeout: 900
+# timeout: 1800
 set -eu
 . "$USRBD_TESTS/lib.sh"
 
@@ -36,8 +36,16 @@ fi
 mkdir -p /var/lib/apt/lists/partial /var/cache/apt/archives/partial
 log "apt install $dkms_deb $service_deb"
 started=$(date +%s)
-DEBIAN_FRONTEND=noninteractive apt install -y "$dkms_deb" "$service_deb" ||
-	fail "apt install of the two packages failed"
+DEBIAN_FRONTEND=noninteractive apt install -y "$dkms_deb" "$service_deb" &
+apt_pid=$!
+# DKMS compiles the module under TCG for minutes: show how far make got.
+while running $apt_pid; do
+	sleep 30
+	for make_log in /var/lib/dkms/usrbd/*/build/make.log; do
+		[ -f "$make_log" ] && log "$(($(date +%s) - started)) s, make: $(tail -n 1 "$make_log")"
+	done
+done
+wait $apt_pid || fail "apt install of the two packages failed"
 log "installed in $(($(date +%s) - started)) s"
 
 # --- the module, built by DKMS --------------------------------------------
