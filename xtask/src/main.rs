@@ -6,6 +6,7 @@ mod cleanroom;
 mod cmd;
 mod cross;
 mod cross_rs;
+mod deb;
 mod image;
 mod module;
 mod scenarios;
@@ -29,6 +30,7 @@ tasks:
   kmod        build usrbd.ko against the test kernel's headers
   cross       build service and module for aarch64 and armv7
   cross-rs    `cross build --release` for aarch64 and armv7 with Podman, and the module in that image
+  deb         Debian packages: usrbd-dkms and usrbd (amd64, arm64, armhf), lintian
   image       build a flashable SD-card image (--board rpi3-64|rpi4-64)
   run-image   boot that image in QEMU raspi3b until the service serves
   bench       fio on usrbd, brd, null_blk, ublk and nbd in one VM; writes docs/benchmarks.md
@@ -53,6 +55,7 @@ fn main() -> Result<()> {
         "kmod" => test::kmod(&rest),
         "cross" => cross::run(&rest),
         "cross-rs" => cross_rs::run(&rest),
+        "deb" => deb::run(&rest),
         "image" => image::build(&rest),
         "run-image" => image::run(&rest),
         "bench" => bench::run(&rest),

@@ -252,6 +252,14 @@ pub fn run(args: &[String]) -> Result<()> {
         });
     }
     let bins = report.step("build-release", || build_for_vm(&paths));
+    if let Some((usrbd, _)) = bins
+        .as_ref()
+        .filter(|_| chosen.iter().any(|s| s.name.starts_with("deb_")))
+    {
+        report.step("deb amd64 (for the deb_* scenarios)", || {
+            crate::deb::for_vm(&paths, usrbd)
+        });
+    }
 
     match (ko, bins) {
         (Some(ko), Some((usrbd, vmkit))) => {

@@ -154,8 +154,8 @@ pub fn module(
     copy(&build.join("usrbd.ko"), &ko)
 }
 
-/// Copies the module sources (not build products) from `from` to `to`.
-fn copy_sources(from: &Path, to: &Path) -> Result<()> {
+/// Copies the sources (not build products) under `from` to `to`.
+pub(crate) fn copy_sources(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     for entry in
         std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?

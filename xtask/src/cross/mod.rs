@@ -6,7 +6,7 @@
 //! targets, and the kernel headers, kernel image and busybox come from
 //! Debian's arm64/armhf `.deb`s unpacked under `target/cross/`.
 
-mod build;
+pub(crate) mod build;
 mod debian;
 mod vm;
 
