@@ -8,8 +8,7 @@
 #
 # The .debs are the xtask's `target/deb/vm/` (beside `target/release/`,
 # where $USRBD is), built around the binary this test run built.
-# group: main
-# order: 95
+# group: packaging
 # timeout: 1800
 set -eu
 . "$USRBD_TESTS/lib.sh"

@@ -13,6 +13,9 @@ pub struct Group {
     pub name: &'static str,
     pub cpus: u32,
     pub memory: &'static str,
+    /// Booted only when a `--filter` names one of its scenarios: too slow
+    /// for every run of the whole suite.
+    pub opt_in: bool,
 }
 
 pub const GROUPS: &[Group] = &[
@@ -23,6 +26,7 @@ pub const GROUPS: &[Group] = &[
         name: "quad",
         cpus: 4,
         memory: "2G",
+        opt_in: false,
     },
     // The reliability scenarios (rel_*.sh). 1 GiB so the memory-pressure
     // hog fills it quickly. Ends with a power cut (QEMU killed by the
@@ -31,11 +35,22 @@ pub const GROUPS: &[Group] = &[
         name: "rel",
         cpus: 2,
         memory: "1G",
+        opt_in: false,
     },
     Group {
         name: "main",
         cpus: 2,
         memory: "2G",
+        opt_in: false,
+    },
+    // The Debian packages installed with apt: DKMS compiles the module and
+    // depmod walks every module of the kernel inside the TCG guest, which
+    // takes tens of minutes (`cargo xtask test --filter deb_`).
+    Group {
+        name: "packaging",
+        cpus: 2,
+        memory: "2G",
+        opt_in: true,
     },
 ];
 
@@ -135,10 +150,17 @@ pub fn sort(list: &mut [Scenario]) {
     });
 }
 
-/// Scenarios whose name contains any of `filters` (all when none given).
+/// Scenarios whose name contains any of `filters` (all but the opt-in
+/// groups' when none given).
 pub fn select(all: Vec<Scenario>, filters: &[String]) -> Vec<Scenario> {
     all.into_iter()
-        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
+        .filter(|s| {
+            if filters.is_empty() {
+                !GROUPS.iter().any(|g| g.name == s.group && g.opt_in)
+            } else {
+                filters.iter().any(|f| s.name.contains(f.as_str()))
+            }
+        })
         .collect()
 }
 

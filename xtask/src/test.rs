@@ -247,9 +247,6 @@ pub fn run(args: &[String]) -> Result<()> {
         report.step("Cargo.lock readable by scarthgap's cargo", || {
             crate::yocto::check_lock_rust(&paths)
         });
-        report.step("cross build (cross-rs, Podman)", || {
-            crate::cross_rs::check(&paths)
-        });
     }
     let bins = report.step("build-release", || build_for_vm(&paths));
     if let Some((usrbd, _)) = bins
