@@ -14,12 +14,13 @@ truncate -s 64M "$USRBD_TMP/lower.img"
 loop=$(losetup -f --show "$USRBD_TMP/lower.img")
 dm_cleanup() {
 	lib_cleanup
-	dmsetup remove --force usrbd-slow 2>/dev/null || true
+	dmsetup remove --noudevsync --force usrbd-slow 2>/dev/null || true
 	losetup -d "$loop" 2>/dev/null || true
 }
 trap dm_cleanup EXIT
 # Reads wait 10 s, writes and flushes go straight through.
-check "dm-delay device" dmsetup create usrbd-slow --table "0 131072 delay $loop 0 10000 $loop 0 0"
+check "dm-delay device" dmsetup create --noudevsync usrbd-slow --table "0 131072 delay $loop 0 10000 $loop 0 0"
+dmsetup mknodes usrbd-slow 2>/dev/null || true
 load_module
 # One queue per CPU; the server on CPU 1, the stuck reader on CPU 0, so the
 # detach's own flush goes to the queue whose worker is free.
