@@ -384,13 +384,25 @@ impl ServiceConfig {
                     image: o.image.or(b.image),
                 }
             }
-            BackendKind::File => BackendConfig::File {
-                path: o.file.or(b.path).ok_or(ConfigError::Missing {
-                    key: "backend.path (--file)",
-                    why: "with the file backend",
-                })?,
-                direct,
-            },
+            BackendKind::File => {
+                // Without FLUSH the kernel never asks for an fdatasync: what an
+                // application fsynced would sit in a volatile cache (the page
+                // cache, or the disk's own) and die with the power.
+                if flags & USRBD_F_FLUSH == 0 && !read_only {
+                    return Err(invalid(
+                        "device.features",
+                        "a list without \"flush\"",
+                        "a list with \"flush\" for the file backend (an fsync must reach the disk)",
+                    ));
+                }
+                BackendConfig::File {
+                    path: o.file.or(b.path).ok_or(ConfigError::Missing {
+                        key: "backend.path (--file)",
+                        why: "with the file backend",
+                    })?,
+                    direct,
+                }
+            }
         };
 
         let p = file.panel;
@@ -441,6 +453,39 @@ impl ServiceConfig {
             socket,
             usb,
         })
+    }
+}
+
+impl ServiceConfig {
+    /// Checks that the device fits a machine with `mem_total` bytes of RAM:
+    /// the request buffers (queues x depth x max_io, locked) at most a quarter
+    /// of it, and a RAM device with its buffers at most three quarters, so
+    /// filling the device cannot take the machine down. `size` is the
+    /// backend's actual size.
+    pub fn check_memory(&self, size: u64, mem_total: u64) -> Result<(), ConfigError> {
+        let buffers = u64::from(self.queues) * u64::from(self.queue_depth) * u64::from(self.max_io);
+        if buffers > mem_total / 4 {
+            return Err(invalid(
+                "device.queues x device.queue_depth x device.max_io",
+                format!(
+                    "{} x {} x {} = {buffers} bytes",
+                    self.queues, self.queue_depth, self.max_io
+                ),
+                format!("at most a quarter of this machine's {mem_total} bytes of RAM"),
+            ));
+        }
+        if matches!(self.backend, BackendConfig::Ram { .. })
+            && size.saturating_add(buffers) > mem_total / 4 * 3
+        {
+            return Err(invalid(
+                "device.size (--size)",
+                size,
+                format!(
+                    "with the ram backend, at most three quarters of this machine's {mem_total} bytes of RAM, less the {buffers} bytes of request buffers"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -669,6 +714,52 @@ mod tests {
         assert!(e.contains("vendor_id"), "{e}");
         let e = usb("speed = 3");
         assert!(e.contains("speed") && e.contains("udc"), "{e}");
+    }
+
+    #[test]
+    fn the_file_backend_needs_flush() {
+        let t = "[device]\nfeatures = [\"fua\", \"discard\"]\n[backend]\nkind = \"file\"\npath = \"/x\"\n";
+        let e = resolve(t, Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("device.features") && e.contains("flush"), "{e}");
+        let o = Overrides {
+            read_only: true,
+            ..Default::default()
+        };
+        assert!(resolve(t, o).is_ok(), "a read-only device writes nothing");
+        let ram = "[device]\nfeatures = [\"fua\"]\n";
+        assert!(resolve(ram, Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn buffers_and_ram_devices_must_fit_the_machine() {
+        let mib = 1u64 << 20;
+        let zero_w = 432 * mib;
+        let c = resolve("[device]\nsize = \"256MiB\"\n", Overrides::default()).unwrap();
+        c.check_memory(256 * mib, zero_w)
+            .expect("the default 256 MiB RAM device fits a Zero W");
+        let e = c.check_memory(400 * mib, zero_w).unwrap_err().to_string();
+        assert!(
+            e.contains("device.size") && e.contains("three quarters"),
+            "{e}"
+        );
+        let o = Overrides {
+            queues: Some(4),
+            depth: Some(1024),
+            max_io: Some(Size(1 << 20)),
+            ..Default::default()
+        };
+        let c = resolve("", o).unwrap();
+        let e = c.check_memory(mib, zero_w).unwrap_err().to_string();
+        assert!(
+            e.contains("device.queue_depth") && e.contains("quarter"),
+            "{e}"
+        );
+        let file = "[backend]\nkind = \"file\"\npath = \"/x\"\n";
+        let c = resolve(file, Overrides::default()).unwrap();
+        assert!(
+            c.check_memory(1 << 40, zero_w).is_ok(),
+            "a file device is not held in RAM"
+        );
     }
 
     #[test]

@@ -60,6 +60,12 @@ pub enum BackendError {
     Map { size: u64, errno: Errno },
     #[error("size {size} is not a multiple of the {block}-byte block size")]
     Unaligned { size: u64, block: u32 },
+    #[error("{} is in use (mounted, or held by another driver): serving it would corrupt it", path.display())]
+    InUse { path: PathBuf },
+    #[error("{} is on another filesystem than when the service started (mounted over since?): not saving the image there; the data stays in RAM", dir.display())]
+    ImageDirMoved { dir: PathBuf },
+    #[error("{} has {free} bytes free; saving the image needs up to {need}", dir.display())]
+    NoRoom { dir: PathBuf, free: u64, need: u64 },
 }
 
 /// Reading and checking the configuration (TOML file and flags).
@@ -183,4 +189,23 @@ pub enum ServiceError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("reading {}: {source}", path.display())]
+    Proc {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} {}: {source}", path.display())]
+    Lock {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("device `{name}` is already served by another `usrbd serve` (it holds {}); this one changes nothing and exits", lock.display())]
+    AlreadyServed { name: String, lock: PathBuf },
+    #[error("device `{name}` was left by a RAM server that died, and its RAM died with it: destroyed it by force (a filesystem still mounted on it sees I/O errors); the saved image is untouched, `usrbd attach` serves it again")]
+    Orphan { name: String },
 }

@@ -9,12 +9,13 @@
 //! ```
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use log::{debug, warn};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -22,6 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::SOCKET_DIR;
 use crate::error::IpcError;
+
+/// The longest request line; real ones are a few dozen bytes.
+const MAX_LINE: u64 = 4096;
+/// How long a connection may stay silent.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
@@ -131,8 +137,37 @@ fn handle_conn(conn: UnixStream, handler: &dyn Fn(Request) -> Response) {
             return;
         }
     };
-    for line in BufReader::new(conn).lines() {
-        let Ok(line) = line else { return };
+    // A client that connects and says nothing, or sends a line without an
+    // end, must not hold a thread and its buffer for ever.
+    if let Err(e) = conn.set_read_timeout(Some(READ_TIMEOUT)) {
+        warn!("control socket: {e}");
+        return;
+    }
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        match (&mut reader).take(MAX_LINE).read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                debug!("control socket: {e}");
+                return;
+            }
+        }
+        if !line.ends_with('\n') && line.len() as u64 >= MAX_LINE {
+            warn!("control socket: request longer than {MAX_LINE} bytes; closing");
+            let resp = Response {
+                ok: false,
+                state: String::new(),
+                error: Some(format!("request longer than {MAX_LINE} bytes")),
+                status: None,
+            };
+            if let Ok(mut text) = serde_json::to_string(&resp) {
+                text.push('\n');
+                let _ = writer.write_all(text.as_bytes());
+            }
+            return;
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -240,6 +275,13 @@ mod tests {
         )
         .unwrap();
         assert!(call(&path, &Request::Attach).unwrap().ok);
+        // An endless line is answered with an error and the connection closed.
+        let mut s = UnixStream::connect(&path).unwrap();
+        let long = vec![b'x'; 2 * MAX_LINE as usize];
+        let _ = s.write_all(&long);
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer).unwrap();
+        assert!(answer.contains("longer than"), "{answer}");
         assert!(!call(&path, &Request::Status).unwrap().ok);
         // A live server's socket is not taken over.
         assert!(bind(&path).is_err());

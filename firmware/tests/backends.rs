@@ -218,3 +218,16 @@ fn file_backend_creates_sparse_and_punches_holes() {
     let c = FileBackend::open(&path, None, 512, false, false).unwrap();
     assert_eq!(c.size(), 8 << 20);
 }
+
+#[test]
+fn ram_open_removes_stale_temporaries_of_killed_saves() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ram.img");
+    let stale = dir.path().join(".ram.img.tmp-424242");
+    let other = dir.path().join(".other.img.tmp-1");
+    std::fs::write(&stale, b"half a save").unwrap();
+    std::fs::write(&other, b"not ours").unwrap();
+    let _b = RamBackend::open(Some(SIZE), Some(&img), 512).unwrap();
+    assert!(!stale.exists(), "the stale temporary image is still there");
+    assert!(other.exists(), "another image's temporary was removed");
+}

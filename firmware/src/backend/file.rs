@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use log::{info, warn};
 
@@ -33,6 +34,10 @@ pub struct FileBackend {
     /// A page-aligned run of zeros (usable with O_DIRECT) for the write fallback.
     zeros: Vec<u8>,
     zeros_offset: usize,
+    /// The errno of a failed fdatasync. The kernel reports a lost write-back
+    /// to one fdatasync only, and the file is shared by every queue's worker:
+    /// once one saw it, every later flush and the final sync must fail too.
+    flush_error: AtomicI32,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
@@ -67,6 +72,7 @@ impl FileBackend {
         read_only: bool,
     ) -> Result<Self, BackendError> {
         let exists = path.exists();
+        let block_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         if !exists && size.is_none() {
             return Err(BackendError::SizeRequired {
                 path: path.to_owned(),
@@ -76,15 +82,24 @@ impl FileBackend {
         opts.read(true)
             .write(!read_only)
             .create(!exists && !read_only);
-        if direct {
-            opts.custom_flags(libc::O_DIRECT);
-        }
+        // O_EXCL on a block device claims it: a mounted partition (the root
+        // filesystem, say) or one another driver holds cannot be served.
+        let flags =
+            if direct { libc::O_DIRECT } else { 0 } | if block_device { libc::O_EXCL } else { 0 };
+        opts.custom_flags(flags);
         if !exists {
             opts.mode(0o600);
         }
-        let file = opts.open(path).map_err(io_err("opening", path))?;
+        let file = opts.open(path).map_err(|e| {
+            if block_device && e.raw_os_error() == Some(libc::EBUSY) {
+                BackendError::InUse {
+                    path: path.to_owned(),
+                }
+            } else {
+                io_err("opening", path)(e)
+            }
+        })?;
         let meta = file.metadata().map_err(io_err("reading", path))?;
-        let block_device = meta.file_type().is_block_device();
         let have = if block_device {
             let mut n = 0u64;
             // SAFETY: n is a valid u64 for the kernel to write.
@@ -127,6 +142,20 @@ impl FileBackend {
             block_device,
             zeros,
             zeros_offset,
+            flush_error: AtomicI32::new(0),
+        })
+    }
+
+    /// fdatasync, failing for ever once one failed (see `flush_error`).
+    fn sync(&self) -> io::Result<()> {
+        let seen = self.flush_error.load(Ordering::Acquire);
+        if seen != 0 {
+            return Err(io::Error::from_raw_os_error(seen));
+        }
+        self.file.sync_data().map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            self.flush_error.store(errno, Ordering::Release);
+            e
         })
     }
 
@@ -211,7 +240,7 @@ impl Backend for FileBackend {
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.sync()
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -246,8 +275,7 @@ impl Backend for FileBackend {
     }
 
     fn finish(&self) -> Result<(), BackendError> {
-        self.file
-            .sync_data()
+        self.sync()
             .map_err(io_err("final fdatasync of", &self.path))
     }
 

@@ -18,7 +18,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
@@ -54,6 +54,9 @@ pub struct RamBackend {
     size: u64,
     page: usize,
     image: Option<PathBuf>,
+    /// The filesystem (st_dev) of the image's directory at start: a save
+    /// must not land on a filesystem mounted over it later.
+    image_fs: Option<u64>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
@@ -168,21 +171,45 @@ impl RamBackend {
         // one small write cost 2 MiB and keep a discard from freeing anything.
         // SAFETY: as above; failure (no THP support) is fine.
         unsafe { libc::madvise(map.ptr.as_ptr().cast(), map.len, libc::MADV_NOHUGEPAGE) };
+        let image_fs = match image {
+            Some(p) => Some(dir_fs(&image_dir(p))?),
+            None => None,
+        };
         let ram = RamBackend {
             map,
             size,
             page,
             image: image.map(Path::to_owned),
+            image_fs,
         };
-        if let (Some(p), Some(_)) = (image, image_len) {
-            ram.load(p)?;
+        if let Some(p) = image {
+            let dir = image_dir(p);
+            remove_stale_temporaries(&dir, &temp_prefix(p));
+            // The device may fill up: a save that cannot fit would keep the
+            // data in RAM only, so refuse now rather than at the detach.
+            let free = free_bytes(&dir)?;
+            if free < size {
+                return Err(BackendError::NoRoom {
+                    dir,
+                    free,
+                    need: size,
+                });
+            }
+            match image_len {
+                Some(_) => ram.load(p)?,
+                None => warn!(
+                    "image {} does not exist: serving an empty device, saved there at detach",
+                    p.display()
+                ),
+            }
         }
         Ok(ram)
     }
 
+    /// Where device offset `offset` is. Computing the address is safe; the
+    /// callers' `unsafe` blocks, which range-check first, dereference it.
     fn at(&self, offset: u64) -> *mut u8 {
-        // SAFETY (callers): offset was range-checked against size <= map.len.
-        unsafe { self.map.ptr.as_ptr().add(offset as usize) }
+        self.map.ptr.as_ptr().wrapping_add(offset as usize)
     }
 
     /// Gives whole pages in `[offset, offset + len)` back to the kernel; both are
@@ -200,9 +227,10 @@ impl RamBackend {
         Ok(())
     }
 
-    fn fill_zero(&self, offset: u64, len: u64) {
-        // SAFETY: range-checked by the caller.
-        unsafe { std::ptr::write_bytes(self.at(offset), 0, len as usize) };
+    /// # Safety
+    /// `[offset, offset + len)` lies inside the device.
+    unsafe fn fill_zero(&self, offset: u64, len: u64) {
+        std::ptr::write_bytes(self.at(offset), 0, len as usize);
     }
 
     /// Zeroes a range, releasing the whole pages in it when `release` is set.
@@ -212,13 +240,14 @@ impl RamBackend {
         let end = offset + len;
         let first = offset.div_ceil(page) * page;
         let last = end / page * page;
+        // SAFETY (all three): sub-ranges of the range checked above.
         if !release || first >= last {
-            self.fill_zero(offset, len);
+            unsafe { self.fill_zero(offset, len) };
             return Ok(());
         }
-        self.fill_zero(offset, first - offset);
+        unsafe { self.fill_zero(offset, first - offset) };
         self.release(first, last - first)?;
-        self.fill_zero(last, end - last);
+        unsafe { self.fill_zero(last, end - last) };
         Ok(())
     }
 
@@ -260,15 +289,18 @@ impl RamBackend {
     /// Writes the device to `path` atomically: a temporary file in the same
     /// directory, zero pages left as holes, fsync, rename, fsync of the directory.
     fn save(&self, path: &Path) -> Result<(), BackendError> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let dir = image_dir(path);
+        if self.image_fs != Some(dir_fs(&dir)?) {
+            return Err(BackendError::ImageDirMoved { dir });
+        }
+        // The old image stays until the rename: the new one needs room beside
+        // it. Checked first so a retry on a still full disk writes nothing.
+        let need = self.used_bytes();
+        let free = free_bytes(&dir)?;
+        if free < need {
+            return Err(BackendError::NoRoom { dir, free, need });
+        }
+        let tmp = dir.join(format!("{}{}", temp_prefix(path), std::process::id()));
         let res = self.write_image(&tmp).and_then(|()| {
             fs::rename(&tmp, path).map_err(io_err("renaming the saved image to", path))?;
             File::open(&dir)
@@ -324,6 +356,57 @@ impl RamBackend {
         }
         f.sync_all().map_err(io_err("syncing", tmp))
     }
+}
+
+fn image_dir(image: &Path) -> PathBuf {
+    match image.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `.<name>.tmp-`: the temporary file of a save is this plus the saver's pid.
+fn temp_prefix(image: &Path) -> String {
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    format!(".{name}.tmp-")
+}
+
+/// Removes what saves killed half-way left (they hold no data the image lacks:
+/// the rename is the commit), so they do not eat the room a save needs.
+fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        match fs::remove_file(e.path()) {
+            Ok(()) => warn!(
+                "removed {}, left by an interrupted save",
+                e.path().display()
+            ),
+            Err(err) => warn!("removing {}: {err}", e.path().display()),
+        }
+    }
+}
+
+fn dir_fs(dir: &Path) -> Result<u64, BackendError> {
+    Ok(fs::metadata(dir)
+        .map_err(io_err("reading the directory of the image", dir))?
+        .dev())
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Result<u64, BackendError> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| io_err("checking the free space of", dir)(io::Error::from(e)))?;
+    // fsblkcnt_t and c_ulong are 32 bits wide on armv7.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
 /// The next `[data, hole)` extent at or after `pos`, via SEEK_DATA/SEEK_HOLE; where

@@ -128,6 +128,8 @@ impl ErrorType for GpioLed {
     type Error = PinError;
 }
 
+impl super::Led for GpioLed {}
+
 impl OutputPin for GpioLed {
     fn set_low(&mut self) -> Result<(), PinError> {
         self.set(Value::Inactive)

@@ -152,8 +152,19 @@ impl embedded_hal::digital::Error for PinError {
     }
 }
 
+/// An LED of any backend: an embedded-hal output, and a blink the kernel can
+/// carry where the backend has one (the LED class `timer` trigger), so a blink
+/// goes on if this process dies: an LED frozen dark would read as "safe".
+pub trait Led: OutputPin<Error = PinError> + Send {
+    /// Blinks `on_ms`/`off_ms` without this process until the next write;
+    /// `Ok(false)` when the backend cannot (the panel then blinks it).
+    fn blink(&mut self, _on_ms: u64, _off_ms: u64) -> Result<bool, PinError> {
+        Ok(false)
+    }
+}
+
 /// An LED pin of any backend.
-pub type LedPin = Box<dyn OutputPin<Error = PinError> + Send>;
+pub type LedPin = Box<dyn Led>;
 /// A button pin of any backend; high means pressed (backends apply active-low).
 pub type ButtonPin = Box<dyn InputPin<Error = PinError> + Send>;
 
@@ -344,6 +355,10 @@ struct LedOut {
     pin: Option<LedPin>,
     last: Option<bool>,
     failing: bool,
+    /// The period the pin blinks on its own, if it does.
+    blinking: Option<u64>,
+    /// The pin cannot blink on its own; not asked again.
+    no_blink: bool,
 }
 
 impl LedOut {
@@ -353,6 +368,41 @@ impl LedOut {
             pin,
             last: None,
             failing: false,
+            blinking: None,
+            no_blink: false,
+        }
+    }
+
+    /// Hands a blink of `period_ms` to the pin; false if it cannot take it.
+    fn blink(&mut self, period_ms: u64) -> bool {
+        if self.blinking == Some(period_ms) {
+            return true;
+        }
+        let Some(pin) = self.pin.as_mut() else {
+            return false;
+        };
+        if self.no_blink {
+            return false;
+        }
+        let half = period_ms / 2;
+        match pin.blink(half, period_ms - half) {
+            Ok(true) => {
+                self.blinking = Some(period_ms);
+                self.last = None;
+                true
+            }
+            Ok(false) => {
+                self.no_blink = true;
+                false
+            }
+            Err(e) => {
+                self.no_blink = true;
+                info!(
+                    "panel: {} LED cannot blink on its own ({e}); the panel blinks it",
+                    self.name
+                );
+                false
+            }
         }
     }
 
@@ -360,9 +410,11 @@ impl LedOut {
         let Some(pin) = self.pin.as_mut() else {
             return;
         };
-        if self.last == Some(level) {
+        // A level ends a blink the pin carried (the write stops it).
+        if self.last == Some(level) && self.blinking.is_none() {
             return;
         }
+        self.blinking = None;
         self.last = Some(level);
         match pin.set_state(level.into()) {
             Ok(()) if self.failing => {
@@ -448,7 +500,12 @@ impl Worker {
                     has_activity_led,
                 )
             };
-            self.write_leds(levels);
+            let status_blink = if stop {
+                None
+            } else {
+                pattern::status_blink_period(state)
+            };
+            self.write_leds(levels, status_blink);
             if stop {
                 break;
             }
@@ -464,8 +521,10 @@ impl Worker {
         ApplianceState::from_u8(self.shared.state.load(Ordering::Acquire))
     }
 
-    fn write_leds(&mut self, levels: Levels) {
-        self.status.write(levels.status);
+    fn write_leds(&mut self, levels: Levels, status_blink: Option<u64>) {
+        if !status_blink.is_some_and(|p| self.status.blink(p)) {
+            self.status.write(levels.status);
+        }
         self.activity.write(levels.activity);
         self.error.write(levels.error);
     }

@@ -119,6 +119,18 @@ pub fn levels(
     }
 }
 
+/// The status LED's blink period in `state`, if it blinks: a pin that can
+/// blink on its own is handed this (see [`super::Led::blink`]).
+pub fn status_blink_period(state: ApplianceState) -> Option<u64> {
+    match state {
+        ApplianceState::Starting => Some(STARTING_PERIOD_MS),
+        ApplianceState::Detaching => Some(DETACHING_PERIOD_MS),
+        ApplianceState::Error => Some(ERROR_PERIOD_MS),
+        ApplianceState::WaitingForHost => Some(WAITING_PERIOD_MS),
+        ApplianceState::Serving | ApplianceState::Safe => None,
+    }
+}
+
 /// The levels left on the LEDs when the panel stops: no blinking, no activity.
 pub fn steady(state: ApplianceState, error_flag: bool) -> Levels {
     Levels {

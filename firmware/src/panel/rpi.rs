@@ -87,6 +87,8 @@ impl ErrorType for RppalLed {
     type Error = PinError;
 }
 
+impl super::Led for RppalLed {}
+
 impl OutputPin for RppalLed {
     fn set_low(&mut self) -> Result<(), PinError> {
         self.set(false);

@@ -17,9 +17,12 @@ pub const LEDS_DIR: &str = "/sys/class/leds";
 /// An LED class device driven through its `brightness` file.
 #[derive(Debug)]
 pub struct SysfsLed {
+    dir: PathBuf,
     brightness: File,
     /// `max_brightness` as written to the file, kept so writes do not format.
     on: Vec<u8>,
+    /// The `timer` trigger blinks it.
+    blinking: bool,
 }
 
 fn io_err(spec: &LedSpec, what: &'static str, path: PathBuf, source: io::Error) -> PanelError {
@@ -63,8 +66,10 @@ impl SysfsLed {
             .open(&path)
             .map_err(|e| io_err(spec, "opening", path, e))?;
         Ok(SysfsLed {
+            dir: dir.to_owned(),
             brightness,
             on: max.as_bytes().to_vec(),
+            blinking: false,
         })
     }
 
@@ -94,10 +99,27 @@ impl SysfsLed {
         }
     }
 
-    fn write(&self, value: &[u8]) -> Result<(), PinError> {
-        // sysfs attributes are parsed per write from offset 0.
-        self.brightness.write_all_at(value, 0)?;
+    /// Under the timer trigger a brightness write would only change how
+    /// bright the blink is: the trigger goes first.
+    fn stop_blink(&mut self) -> Result<(), PinError> {
+        if self.blinking {
+            fs::write(self.dir.join("trigger"), b"none")?;
+            self.blinking = false;
+        }
         Ok(())
+    }
+}
+
+impl super::Led for SysfsLed {
+    /// The kernel's `timer` trigger (ledtrig-timer) blinks the LED, and keeps
+    /// blinking if this process dies.
+    fn blink(&mut self, on_ms: u64, off_ms: u64) -> Result<bool, PinError> {
+        // EINVAL: no such trigger (ledtrig-timer not loaded or not built).
+        fs::write(self.dir.join("trigger"), b"timer")?;
+        self.blinking = true;
+        fs::write(self.dir.join("delay_on"), on_ms.to_string())?;
+        fs::write(self.dir.join("delay_off"), off_ms.to_string())?;
+        Ok(true)
     }
 }
 
@@ -106,11 +128,16 @@ impl ErrorType for SysfsLed {
 }
 
 impl OutputPin for SysfsLed {
+    // sysfs attributes are parsed per write from offset 0.
     fn set_low(&mut self) -> Result<(), PinError> {
-        self.write(b"0")
+        self.stop_blink()?;
+        self.brightness.write_all_at(b"0", 0)?;
+        Ok(())
     }
 
     fn set_high(&mut self) -> Result<(), PinError> {
-        self.write(&self.on)
+        self.stop_blink()?;
+        self.brightness.write_all_at(&self.on, 0)?;
+        Ok(())
     }
 }

@@ -320,3 +320,39 @@ fn start_errors_name_what_failed() {
         );
     }
 }
+
+#[test]
+fn an_led_that_blinks_on_its_own_carries_every_blink_and_stops_on_a_level() {
+    let (tx, _rx) = mpsc::channel();
+    let status = MockLed::blinking_on_its_own();
+    let pins = PanelPins {
+        status: Some(Box::new(status.clone())),
+        ..PanelPins::default()
+    };
+    let panel = Panel::start_with_pins(&PanelConfig::default(), pins, tx).unwrap();
+    let h = panel.handle();
+    wait_until("the starting blink handed over", || {
+        status.own_blink() == Some(pattern::STARTING_PERIOD_MS)
+    });
+    h.set_state(ApplianceState::Detaching);
+    wait_until("the detaching blink handed over", || {
+        status.own_blink() == Some(pattern::DETACHING_PERIOD_MS)
+    });
+    let writes = status.writes();
+    sleep(Duration::from_millis(200));
+    assert_eq!(status.writes(), writes, "the panel blinked it as well");
+    h.set_state(ApplianceState::Serving);
+    wait_until("steady on, blink stopped", || {
+        status.own_blink().is_none() && status.is_lit()
+    });
+    h.set_state(ApplianceState::Error);
+    wait_until("the error blink handed over", || {
+        status.own_blink() == Some(pattern::ERROR_PERIOD_MS)
+    });
+    drop(panel);
+    assert_eq!(
+        status.own_blink(),
+        None,
+        "a stopped panel leaves steady levels"
+    );
+}
