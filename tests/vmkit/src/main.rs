@@ -9,6 +9,7 @@ mod ackcheck;
 mod ackwrite;
 mod block;
 mod fuzz;
+mod late;
 mod leds_check;
 mod panel;
 mod stall;
@@ -35,6 +36,8 @@ enum Cmd {
     Fuzz(fuzz::Args),
     /// A server stuck faulting on its buffer: I/O must time out, destroy work
     Stall(stall::Args),
+    /// A server that answers a READ after its timeout, once the tag is reused
+    LateAnswer(late::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Cmd::Ackcheck(a) => ackcheck::run(a),
         Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Stall(a) => stall::run(a),
+        Cmd::LateAnswer(a) => late::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmkit: {e:#}");
