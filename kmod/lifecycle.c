@@ -131,10 +131,16 @@ void usrbd_dev_server_change(struct usrbd_dev *dev, int delta)
 	spin_unlock(&dev->state_lock);
 }
 
+/*
+ * Empty (usrbdN), or "usrbd" and more of [a-z0-9_-]: a disk name outside
+ * that prefix could squat another driver's name (sda, mmcblk0, nvme0n1).
+ */
 static bool usrbd_name_valid(const char *name)
 {
 	size_t i;
 
+	if (name[0] && strncmp(name, "usrbd", 5))
+		return false;
 	for (i = 0; name[i]; i++)
 		if (!islower(name[i]) && !isdigit(name[i]) &&
 		    name[i] != '_' && name[i] != '-')
@@ -159,7 +165,7 @@ static const char *usrbd_create_invalid(const struct usrbd_create *c)
 	if (!memchr(c->name, '\0', sizeof(c->name)))
 		return "name is not NUL-terminated";
 	if (!usrbd_name_valid(c->name))
-		return "name may only hold a-z, 0-9, '_' and '-'";
+		return "name must start with usrbd and hold only a-z, 0-9, '_' and '-'";
 	if (c->logical_block_size < SECTOR_SIZE ||
 	    c->logical_block_size > 4096 ||
 	    !is_power_of_2(c->logical_block_size))

@@ -42,6 +42,7 @@ struct usrbd_cmd {
 	u32 flags;		/* USRBD_REQ_* */
 	u32 len;		/* payload bytes, 0 for FLUSH */
 	u32 tag;		/* index into usrbd_queue.held while FETCHING/HELD */
+	u64 cookie;		/* of the current fetch; answers must carry it */
 };
 
 struct usrbd_op_counters {
@@ -57,16 +58,33 @@ struct usrbd_queue_stats {
 	atomic64_t rejected;
 };
 
-struct usrbd_server;
+struct mm_struct;
 struct usrbd_dev;
+
+/*
+ * A server fd (server.c), bound to one queue of one device. It serves
+ * while it is its queue's server; once unbound (a request it held timed
+ * out, or an orphan replaced) every SERVE on it fails with ENOTCONN.
+ */
+struct usrbd_server {
+	struct usrbd_dev *dev;
+	struct usrbd_queue *q;
+	u64 buf_addr;
+	/* USRBD_ATTACH_LINEAR: the buffer is the device, addressed by offset. */
+	bool linear;
+	/* The address space buf_addr belongs to; SERVE runs only there. */
+	struct mm_struct *mm;
+};
 
 struct usrbd_queue {
 	struct usrbd_dev *dev;
 	unsigned int index;
 	/*
 	 * Protects fifo, nr_queued, held[], the state of every request of
-	 * this queue, server and dead. Taken from queue_rq (any context), so
-	 * always with interrupts disabled. Never held across a user copy.
+	 * this queue, server (and its state), next_cookie and dead. Taken
+	 * from queue_rq (any context), so always with interrupts disabled.
+	 * Never held across a user copy. nr_queued, server and dead are also
+	 * read without it (wait conditions, status): written with WRITE_ONCE.
 	 */
 	spinlock_t lock;
 	struct list_head fifo;		/* QUEUED requests, oldest first */
@@ -77,8 +95,12 @@ struct usrbd_queue {
 	 */
 	struct request **held;
 	struct usrbd_server *server;	/* the attached server, or NULL */
+	u64 next_cookie;		/* the last cookie handed out */
 	bool dead;			/* no more I/O; servers get USRBD_EV_GONE */
-	/* Servers sleep here in SERVE until a request is queued or dead is set. */
+	/*
+	 * Servers sleep here in SERVE until a request is queued, dead is set
+	 * or their server is unbound.
+	 */
 	wait_queue_head_t wait;
 	atomic_t nr_active;		/* accepted by queue_rq, not yet ended */
 	struct usrbd_queue_stats stats;
@@ -136,6 +158,7 @@ void usrbd_end_request(struct usrbd_queue *q, struct request *rq,
 void usrbd_fail_list(struct usrbd_queue *q, struct list_head *list,
 		     blk_status_t status);
 void usrbd_queue_kill(struct usrbd_queue *q);
+bool usrbd_queue_unbind(struct usrbd_queue *q, struct usrbd_server *srv);
 void usrbd_queue_detach(struct usrbd_queue *q, struct usrbd_server *srv);
 unsigned int usrbd_queue_active(struct usrbd_queue *q);
 

@@ -17,7 +17,7 @@ use super::rig::{
 
 /// The scratch device that malformed CREATEs aim at (and valid ones make).
 pub const D_SPEC: DeviceSpec = DeviceSpec {
-    name: "vmkitfuzz-d",
+    name: "usrbd-fuzz-d",
     size: 1 << 20,
     queues: 1,
     depth: 2,
@@ -27,7 +27,7 @@ pub const D_SPEC: DeviceSpec = DeviceSpec {
 
 /// The unserved device that destroys and attaches aim at.
 pub const C_SPEC: DeviceSpec = DeviceSpec {
-    name: "vmkitfuzz-c",
+    name: "usrbd-fuzz-c",
     size: 1 << 20,
     queues: 1,
     depth: 2,
@@ -208,7 +208,7 @@ impl Rig {
                 ..Default::default()
             };
             if ioctl_struct(self.ctl(), rig::STATUS, &mut st).is_ok()
-                && uapi::name_from_c(&st.name).starts_with("vmkitfuzz")
+                && uapi::name_from_c(&st.name).starts_with("usrbd-fuzz")
             {
                 let _ = rig::destroy(self.ctl(), *index, true);
             }
@@ -767,6 +767,7 @@ impl Rig {
             op,
             result: 0,
             len: if op == uapi::USRBD_OP_FLUSH { 0 } else { 4096 },
+            cookie: 0,
         };
 
         let mut comps: Vec<usrbd_completion> = Vec::new();

@@ -282,6 +282,7 @@ impl Device {
             op: req.op,
             result: 0,
             len: req.len,
+            cookie: req.cookie,
         };
         let end = req.offset.checked_add(u64::from(req.len));
         let in_range = end.is_some_and(|e| e <= self.size);
