@@ -13,6 +13,7 @@ mod late;
 mod leds_check;
 mod panel;
 mod stall;
+mod stamp;
 mod stop;
 
 #[derive(Parser, Debug)]
@@ -38,6 +39,8 @@ enum Cmd {
     Stall(stall::Args),
     /// A server that answers a READ after its timeout, once the tag is reused
     LateAnswer(late::Args),
+    /// Stamp every block of a device, or check reads of stamped blocks
+    Stamp(stamp::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Stall(a) => stall::run(a),
         Cmd::LateAnswer(a) => late::run(a),
+        Cmd::Stamp(a) => stamp::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmkit: {e:#}");
