@@ -113,4 +113,17 @@ static inline void usrbd_bdops_release(struct gendisk *disk, fmode_t mode)
 }
 #endif
 
+#ifdef USRBD_HAVE_CLAIM_HOPS
+/* 6.5 ("block: introduce holder ops") added the holder's ops argument. */
+static inline int usrbd_prepare_to_claim(struct block_device *bdev, void *holder)
+{
+	return bd_prepare_to_claim(bdev, holder, NULL);
+}
+#else
+static inline int usrbd_prepare_to_claim(struct block_device *bdev, void *holder)
+{
+	return bd_prepare_to_claim(bdev, holder);
+}
+#endif
+
 #endif /* USRBD_COMPAT_H */

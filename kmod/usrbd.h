@@ -13,11 +13,13 @@
 
 #include <linux/atomic.h>
 #include <linux/blk-mq.h>
+#include <linux/completion.h>
 #include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 #include <linux/usrbd.h>
 
 /* Answers or requests moved per copy_{from,to}_user in SERVE (on the stack). */
@@ -106,6 +108,12 @@ struct usrbd_queue {
 	struct usrbd_queue_stats stats;
 } ____cacheline_aligned_in_smp;
 
+enum usrbd_destroy_state {
+	USRBD_DESTROY_NONE,	/* no destroy running */
+	USRBD_DESTROY_GRACEFUL,	/* writing back, flushing, draining */
+	USRBD_DESTROY_CUT,	/* forced, or the graceful one cut short: fail all */
+};
+
 struct usrbd_dev {
 	/*
 	 * References: the device table (until destroy), the gendisk (until
@@ -127,15 +135,26 @@ struct usrbd_dev {
 	struct gendisk *disk;
 	struct usrbd_queue *queues;
 
-	/* Protects state, openers, servers and destroying. */
+	/* Protects state, openers, servers, destroy and dead. */
 	spinlock_t state_lock;
 	u32 state;			/* USRBD_STATE_* */
 	u32 openers;
 	u32 servers;
-	bool destroying;		/* a destroy owns the device: opens fail */
+	enum usrbd_destroy_state destroy; /* not NONE: opens fail */
+	bool dead;			/* blk_mark_disk_dead() was called */
 
-	/* A graceful destroy sleeps here until no request is active. */
+	/*
+	 * A graceful destroy sleeps here until no request is active or the
+	 * destroy is cut short.
+	 */
 	wait_queue_head_t drain_wait;
+	/* A graceful destroy's write back runs here, so its wait is killable. */
+	struct work_struct writeback_work;
+	int writeback_ret;
+	/* Completed by writeback_work; the graceful destroy waits on it. */
+	struct completion writeback_done;
+	/* Completed when a graceful destroy is over; a cutting force waits. */
+	struct completion destroyed;
 };
 
 /* main.c */
