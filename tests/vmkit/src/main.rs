@@ -8,9 +8,11 @@ use clap::{Parser, Subcommand};
 mod ackcheck;
 mod ackwrite;
 mod block;
+mod errno;
 mod fuzz;
 mod late;
 mod leds_check;
+mod orphan;
 mod panel;
 mod stall;
 mod stamp;
@@ -41,6 +43,10 @@ enum Cmd {
     LateAnswer(late::Args),
     /// Stamp every block of a device, or check reads of stamped blocks
     Stamp(stamp::Args),
+    /// A dead server's forked child holds its fd: a new server must attach
+    Orphan(orphan::Args),
+    /// A server answering with assorted errnos: the reader sees disk errors only
+    Errno(errno::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +61,8 @@ fn main() -> ExitCode {
         Cmd::Stall(a) => stall::run(a),
         Cmd::LateAnswer(a) => late::run(a),
         Cmd::Stamp(a) => stamp::run(a),
+        Cmd::Orphan(a) => orphan::run(a),
+        Cmd::Errno(a) => errno::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmkit: {e:#}");
