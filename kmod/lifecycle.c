@@ -329,7 +329,7 @@ int usrbd_dev_create(struct usrbd_create *c)
 	set->queue_depth = dev->queue_depth;
 	set->numa_node = NUMA_NO_NODE;
 	set->cmd_size = sizeof(struct usrbd_cmd);
-	set->flags = BLK_MQ_F_SHOULD_MERGE;
+	set->flags = USRBD_TAG_SET_FLAGS;
 	set->driver_data = dev;
 	set->timeout = msecs_to_jiffies(dev->timeout_ms);
 	ret = blk_mq_alloc_tag_set(set);
