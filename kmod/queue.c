@@ -157,7 +157,7 @@ static enum blk_eh_timer_return usrbd_timeout(struct request *rq)
 	spin_unlock_irq(&q->lock);
 
 	if (unbound) {
-		pr_warn_ratelimited("%s: queue %u: server held a request past its timeout: unbound, its other requests queued again\n",
+		pr_warn_ratelimited("%s: queue %u: a held request timed out: server unbound\n",
 				    q->dev->name, q->index);
 		usrbd_dev_server_change(q->dev, -1);
 		/* The unbound server may sleep in SERVE: it gets ENOTCONN. */

@@ -122,8 +122,6 @@ static void usrbd_requeue(struct usrbd_queue *q, struct request **rqs,
 		wake_up(&q->wait);
 }
 
-
-
 /*
  * Apply one answer. Returns 0, -EINVAL (refused), or -EAGAIN when the READ
  * data could not be copied without a fault: the request is HELD again and

@@ -48,6 +48,6 @@ if ! "$VMKIT" stamp check --dev /dev/usrbd0 --all >"$USRBD_TMP/all.out" 2>&1; th
 fi
 tail -n 2 "$USRBD_TMP/all.out"
 log "ok: every block read back as itself after the stops"
-unbinds=$(dmesg | grep -c 'past its timeout: unbound' || true)
+unbinds=$(dmesg | grep -c 'timed out: server unbound' || true)
 figures "$(grep '^FIGURES' "$USRBD_TMP/check.out" | cut -d' ' -f3-)" unbinds_logged=$unbinds
 stop_server $srv
