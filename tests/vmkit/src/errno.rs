@@ -69,8 +69,8 @@ pub fn run(_: &Args) -> Result<ExitCode> {
 
 fn cases(ctl: i32, index: u32, path: &std::path::Path) -> Result<usize> {
     let buf = vec![0u8; BLOCK].into_boxed_slice();
-    let fd = rig::attach(ctl, index, 0, buf.as_ptr() as u64, buf.len() as u64)
-        .context("attaching")?;
+    let fd =
+        rig::attach(ctl, index, 0, buf.as_ptr() as u64, buf.len() as u64).context("attaching")?;
     let mut bad = 0;
     for (answer, want) in CASES {
         let file = rig::open_direct(path)?;

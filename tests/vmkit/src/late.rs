@@ -208,7 +208,10 @@ fn scenario(ctl: RawFd, index: u32, path: &std::path::Path, timeout_ms: u32) -> 
             println!("late: attached again, fetched {r:?}");
             match again.serve(&[late], 0) {
                 Ok(_) => {
-                    println!("late: late answer (cookie {}) on the new fd ACCEPTED", late.cookie);
+                    println!(
+                        "late: late answer (cookie {}) on the new fd ACCEPTED",
+                        late.cookie
+                    );
                     accepted += 1;
                 }
                 Err(e) => println!(
@@ -218,7 +221,9 @@ fn scenario(ctl: RawFd, index: u32, path: &std::path::Path, timeout_ms: u32) -> 
             }
             if accepted == 0 {
                 let good = again.answer(&r, SECOND);
-                again.serve(&[good], 0).context("answering the second READ")?;
+                again
+                    .serve(&[good], 0)
+                    .context("answering the second READ")?;
                 answered = true;
             }
         }

@@ -66,7 +66,9 @@ fn scenario(ctl: i32, index: u32, path: &std::path::Path) -> Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut buf = AlignedBuf::new(BLOCK);
-        let r = file.read_exact_at(buf.bytes_mut(), 0).map(|()| buf.bytes()[0]);
+        let r = file
+            .read_exact_at(buf.bytes_mut(), 0)
+            .map(|()| buf.bytes()[0]);
         let _ = tx.send(r);
     });
 
@@ -115,7 +117,13 @@ fn scenario(ctl: i32, index: u32, path: &std::path::Path) -> Result<ExitCode> {
     unsafe { libc::close(pipe[1]) };
     let mut msg = [0i32; 2];
     // SAFETY: reads at most the size of msg into it.
-    let n = unsafe { libc::read(pipe[0], msg.as_mut_ptr().cast(), std::mem::size_of_val(&msg)) };
+    let n = unsafe {
+        libc::read(
+            pipe[0],
+            msg.as_mut_ptr().cast(),
+            std::mem::size_of_val(&msg),
+        )
+    };
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };

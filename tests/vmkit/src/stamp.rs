@@ -87,7 +87,10 @@ fn write(dev: &Path) -> Result<ExitCode> {
     while b < blocks {
         let n = chunk.min((blocks - b) as usize);
         for i in 0..n {
-            fill(b + i as u64, &mut buf.bytes_mut()[i * BLOCK..(i + 1) * BLOCK]);
+            fill(
+                b + i as u64,
+                &mut buf.bytes_mut()[i * BLOCK..(i + 1) * BLOCK],
+            );
         }
         f.write_all_at(&buf.bytes()[..n * BLOCK], b * BLOCK as u64)
             .with_context(|| format!("writing block {b}"))?;

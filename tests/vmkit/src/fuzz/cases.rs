@@ -112,7 +112,10 @@ pub enum ServeFault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateFault {
     Abi(u32),
-    Reserved { slot: usize, value: u32 },
+    Reserved {
+        slot: usize,
+        value: u32,
+    },
     Flags(u32),
     IndexOutOfRange(u32),
     IndexTaken,
@@ -122,8 +125,14 @@ pub enum CreateFault {
     /// A name outside the usrbd prefix, which could squat another driver's.
     ForeignName(usize),
     Lbs(u32),
-    Pbs { lbs: u32, pbs: u32 },
-    Size { lbs: u32, size: u64 },
+    Pbs {
+        lbs: u32,
+        pbs: u32,
+    },
+    Size {
+        lbs: u32,
+        size: u64,
+    },
     QueuesZero,
     QueuesOver(u32),
     DepthZero,
