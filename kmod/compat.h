@@ -113,4 +113,24 @@ static inline void usrbd_bdops_release(struct gendisk *disk, fmode_t mode)
 }
 #endif
 
+#ifdef USRBD_HAVE_SHOULD_MERGE
+#define USRBD_TAG_SET_FLAGS	BLK_MQ_F_SHOULD_MERGE
+#else
+/* 6.14 ("block: remove BLK_MQ_F_SHOULD_MERGE"): merging is the default. */
+#define USRBD_TAG_SET_FLAGS	0
+#endif
+
+#ifdef USRBD_HAVE_CLAIM_HOPS
+/* 6.5 ("block: introduce holder ops") added the holder's ops argument. */
+static inline int usrbd_prepare_to_claim(struct block_device *bdev, void *holder)
+{
+	return bd_prepare_to_claim(bdev, holder, NULL);
+}
+#else
+static inline int usrbd_prepare_to_claim(struct block_device *bdev, void *holder)
+{
+	return bd_prepare_to_claim(bdev, holder);
+}
+#endif
+
 #endif /* USRBD_COMPAT_H */

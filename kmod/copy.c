@@ -2,9 +2,11 @@
 /*
  * usrbd: moving request data between the bio pages and server memory.
  *
- * The server's pages are taken with get_user_pages_fast_only() a window at
- * a time and copied with memcpy() through kmap_local_page(), the way brd
- * copies: one page walk per page, the page held for the whole copy. Only
+ * The server's pages are pinned with pin_user_pages_fast() and FOLL_NOFAULT
+ * a window at a time (a pin, unlike a plain reference, keeps fork's
+ * copy-on-write from giving the server another page under the copy) and
+ * copied with memcpy() through kmap_local_page(), the way brd copies: one
+ * page walk per page, the page pinned for the whole copy. Only
  * anonymous pages are written that way (they may be dirtied without the
  * page lock, which could sleep). Any other page, or one that cannot be
  * taken without a fault (not present yet, the shared zero page of a hole),
@@ -21,12 +23,12 @@
 
 #include "usrbd.h"
 
-/* Server pages taken per window: bounds the stack and the pages held. */
+/* Server pages pinned per window: bounds the stack and the pages pinned. */
 #define USRBD_COPY_WINDOW	16
 
 struct usrbd_user_pages {
 	unsigned long start;	/* user address of pages[0], page aligned */
-	int nr;			/* pages held from start */
+	int nr;			/* pages pinned from start */
 	bool write;		/* the copy writes them: dirty on release */
 	struct page *pages[USRBD_COPY_WINDOW];
 };
@@ -45,14 +47,14 @@ static void usrbd_user_pages_release(struct usrbd_user_pages *up)
 		/* Reclaim must not drop a written page as clean (swap cache). */
 		if (up->write && PageAnon(up->pages[i]))
 			set_page_dirty(up->pages[i]);
-		put_page(up->pages[i]);
+		unpin_user_page(up->pages[i]);
 	}
 	up->nr = 0;
 }
 
 /*
- * The held server page containing @addr, taking a new window of pages up to
- * @end if needed; NULL when it cannot be taken without a fault.
+ * The pinned server page containing @addr, pinning a new window of pages up
+ * to @end if needed; NULL when it cannot be pinned without a fault.
  */
 static struct page *usrbd_user_page(struct usrbd_user_pages *up,
 				    unsigned long addr, unsigned long end)
@@ -67,8 +69,9 @@ static struct page *usrbd_user_page(struct usrbd_user_pages *up,
 	usrbd_user_pages_release(up);
 	want = min_t(unsigned long, USRBD_COPY_WINDOW,
 		     DIV_ROUND_UP(end - page, PAGE_SIZE));
-	got = get_user_pages_fast_only(page, want, up->write ? FOLL_WRITE : 0,
-				       up->pages);
+	got = pin_user_pages_fast(page, want,
+				  (up->write ? FOLL_WRITE : 0) | FOLL_NOFAULT,
+				  up->pages);
 	if (got <= 0)
 		return NULL;
 	up->start = page;

@@ -13,10 +13,11 @@
  *   del_gendisk -> DEAD: queues refuse I/O, every server gets USRBD_EV_GONE
  *   last reference dropped (table, gendisk, server fds) -> freed
  *
- * Requests left when the drain deadline passes, or on a forced destroy,
- * fail with BLK_STS_IOERR. A destroy never waits without a bound: the
- * write back and flush are bounded by the request timeout, the drain by
- * the destroy deadline.
+ * A graceful destroy is cut short when its deadline passes (the deadline
+ * bounds the whole destroy, write back included), when the destroying
+ * process gets a fatal signal, or when a forced destroy comes meanwhile:
+ * then new I/O fails at submission and everything queued or held fails
+ * with BLK_STS_IOERR at once, which ends every wait of the destroy.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -92,7 +93,7 @@ int usrbd_disk_open(struct gendisk *disk)
 	int ret = 0;
 
 	spin_lock(&dev->state_lock);
-	if (dev->destroying)
+	if (dev->destroy != USRBD_DESTROY_NONE)
 		ret = -ENXIO;
 	else
 		dev->openers++;
@@ -131,10 +132,16 @@ void usrbd_dev_server_change(struct usrbd_dev *dev, int delta)
 	spin_unlock(&dev->state_lock);
 }
 
+/*
+ * Empty (usrbdN), or "usrbd" and more of [a-z0-9_-]: a disk name outside
+ * that prefix could squat another driver's name (sda, mmcblk0, nvme0n1).
+ */
 static bool usrbd_name_valid(const char *name)
 {
 	size_t i;
 
+	if (name[0] && strncmp(name, "usrbd", 5))
+		return false;
 	for (i = 0; name[i]; i++)
 		if (!islower(name[i]) && !isdigit(name[i]) &&
 		    name[i] != '_' && name[i] != '-')
@@ -159,7 +166,7 @@ static const char *usrbd_create_invalid(const struct usrbd_create *c)
 	if (!memchr(c->name, '\0', sizeof(c->name)))
 		return "name is not NUL-terminated";
 	if (!usrbd_name_valid(c->name))
-		return "name may only hold a-z, 0-9, '_' and '-'";
+		return "name must start with usrbd and hold only a-z, 0-9, '_' and '-'";
 	if (c->logical_block_size < SECTOR_SIZE ||
 	    c->logical_block_size > 4096 ||
 	    !is_power_of_2(c->logical_block_size))
@@ -277,6 +284,8 @@ static struct gendisk *usrbd_dev_alloc_disk(struct usrbd_dev *dev)
 	return disk;
 }
 
+static void usrbd_writeback_work(struct work_struct *work);
+
 int usrbd_dev_create(struct usrbd_create *c)
 {
 	struct blk_mq_tag_set *set;
@@ -296,6 +305,9 @@ int usrbd_dev_create(struct usrbd_create *c)
 	kref_init(&dev->ref);
 	spin_lock_init(&dev->state_lock);
 	init_waitqueue_head(&dev->drain_wait);
+	INIT_WORK(&dev->writeback_work, usrbd_writeback_work);
+	init_completion(&dev->writeback_done);
+	init_completion(&dev->destroyed);
 	dev->state = USRBD_STATE_WAITING;
 	dev->size = c->size;
 	dev->logical_block_size = c->logical_block_size;
@@ -317,7 +329,7 @@ int usrbd_dev_create(struct usrbd_create *c)
 	set->queue_depth = dev->queue_depth;
 	set->numa_node = NUMA_NO_NODE;
 	set->cmd_size = sizeof(struct usrbd_cmd);
-	set->flags = BLK_MQ_F_SHOULD_MERGE;
+	set->flags = USRBD_TAG_SET_FLAGS;
 	set->driver_data = dev;
 	set->timeout = msecs_to_jiffies(dev->timeout_ms);
 	ret = blk_mq_alloc_tag_set(set);
@@ -386,15 +398,94 @@ static bool usrbd_dev_claimed(struct usrbd_dev *dev)
 	return READ_ONCE(dev->disk->part0->bd_holder);
 }
 
-/*
- * Graceful destroy, first step: write back and flush through the servers.
- * Bounded by the request timeout (a request nobody answers times out).
- */
-static int usrbd_writeback(struct usrbd_dev *dev)
+/* Fail new I/O at submission from now on; once per device. */
+static void usrbd_dev_mark_dead(struct usrbd_dev *dev)
 {
-	struct block_device *bdev = dev->disk->part0;
+	bool first;
+
+	spin_lock(&dev->state_lock);
+	first = !dev->dead;
+	dev->dead = true;
+	spin_unlock(&dev->state_lock);
+	if (first)
+		blk_mark_disk_dead(dev->disk);
+}
+
+/*
+ * Fail new I/O at submission and everything queued or held now: whatever
+ * a destroy waits for (write back, drain) then ends at once.
+ */
+static void usrbd_dev_cut(struct usrbd_dev *dev)
+{
+	u32 i;
+
+	usrbd_dev_mark_dead(dev);
+	for (i = 0; i < dev->nr_queues; i++)
+		usrbd_queue_kill(&dev->queues[i]);
+	wake_up_all(&dev->drain_wait);
+}
+
+/* A graceful destroy is cut short (deadline, fatal signal, force). */
+static void usrbd_dev_cut_short(struct usrbd_dev *dev)
+{
+	spin_lock(&dev->state_lock);
+	WRITE_ONCE(dev->destroy, USRBD_DESTROY_CUT);
+	spin_unlock(&dev->state_lock);
+	usrbd_dev_cut(dev);
+}
+
+/*
+ * Graceful destroy, first step (a work item, so that the destroy's own
+ * wait for it is killable and bounded by the deadline): write back every
+ * partition's page cache, not only the whole disk's (a partition opened
+ * plainly, e.g. a USB LUN on usrbd0p1, has its own), then flush through
+ * the servers. open_mutex keeps the partition table still meanwhile.
+ */
+static void usrbd_writeback_work(struct work_struct *work)
+{
+	struct usrbd_dev *dev = container_of(work, struct usrbd_dev,
+					     writeback_work);
+	struct gendisk *disk = dev->disk;
+	struct block_device *part;
+	unsigned long idx;
+	int ret = 0;
+
+	mutex_lock(&disk->open_mutex);
+	xa_for_each(&disk->part_tbl, idx, part) {
+		ret = sync_blockdev(part);
+		if (ret)
+			break;
+	}
+	mutex_unlock(&disk->open_mutex);
+	if (!ret && (dev->flags & USRBD_F_FLUSH))
+		ret = blkdev_issue_flush(disk->part0);
+	dev->writeback_ret = ret;
+	complete(&dev->writeback_done);
+}
+
+/* Jiffies from now until @deadline, at least 1. */
+static unsigned long usrbd_left(unsigned long deadline)
+{
+	return time_before(jiffies, deadline) ? deadline - jiffies : 1;
+}
+
+static bool usrbd_dev_drained(struct usrbd_dev *dev)
+{
+	return usrbd_dev_idle(dev) ||
+	       READ_ONCE(dev->destroy) == USRBD_DESTROY_CUT;
+}
+
+/*
+ * Graceful destroy: write back, flush, mark the disk dead, drain, all
+ * within @timeout_ms. Returns 0 (drained); -EIO (write back or flush
+ * failed: the device then stays); or, the destroy having been cut short, -ETIMEDOUT
+ * (deadline), -EINTR (fatal signal) or -ECANCELED (a forced destroy).
+ */
+static int usrbd_dev_graceful(struct usrbd_dev *dev, unsigned int timeout_ms)
+{
+	unsigned long deadline = jiffies + msecs_to_jiffies(timeout_ms);
 	u32 servers;
-	int ret;
+	long left;
 
 	spin_lock(&dev->state_lock);
 	servers = dev->servers;
@@ -404,42 +495,55 @@ static int usrbd_writeback(struct usrbd_dev *dev)
 	 * Without a server nothing could persist the data; a closed block
 	 * device has no dirty page cache left anyway (last close wrote it).
 	 */
-	if (!servers)
-		return 0;
-	ret = sync_blockdev(bdev);
-	if (!ret && (dev->flags & USRBD_F_FLUSH))
-		ret = blkdev_issue_flush(bdev);
-	return ret;
-}
-
-/*
- * Graceful destroy, second step: wait until no request is active.
- * Returns 0, or -ETIMEDOUT when @deadline (jiffies) passed.
- */
-static int usrbd_drain(struct usrbd_dev *dev, unsigned long deadline)
-{
-	unsigned long left = 1;
-
-	if (time_before(jiffies, deadline))
-		left = deadline - jiffies;
-	/* Woken by usrbd_end_request() whenever a queue runs empty. */
-	if (!wait_event_timeout(dev->drain_wait, usrbd_dev_idle(dev), left))
+	if (servers) {
+		reinit_completion(&dev->writeback_done);
+		queue_work(system_unbound_wq, &dev->writeback_work);
+		/* Completed by usrbd_writeback_work(). */
+		left = wait_for_completion_killable_timeout(&dev->writeback_done,
+							    usrbd_left(deadline));
+		if (left <= 0) {
+			usrbd_dev_cut_short(dev);
+			/* Short now: every request it waits for has failed. */
+			wait_for_completion(&dev->writeback_done);
+			return left ? -EINTR : -ETIMEDOUT;
+		}
+		if (READ_ONCE(dev->destroy) == USRBD_DESTROY_CUT)
+			return -ECANCELED;
+		if (dev->writeback_ret)
+			return -EIO;
+	}
+	/*
+	 * What was written before is durable now. Plain openers (not a
+	 * mount) see the disk go away: new I/O fails at submission, while
+	 * the requests already in flight are still served.
+	 */
+	usrbd_dev_mark_dead(dev);
+	/* Woken by usrbd_end_request() when a queue runs empty, and by a cut. */
+	left = wait_event_killable_timeout(dev->drain_wait, usrbd_dev_drained(dev),
+					   usrbd_left(deadline));
+	if (left < 0)
+		return -EINTR;
+	if (!left)
 		return -ETIMEDOUT;
+	if (READ_ONCE(dev->destroy) == USRBD_DESTROY_CUT)
+		return -ECANCELED;
 	return 0;
 }
 
-/* Remove the disk and drop the table's reference. */
-static void usrbd_dev_remove(struct usrbd_dev *dev, bool fail_io)
+/*
+ * Remove the disk and drop the table's reference; end the claim reservation
+ * of a graceful destroy (@claiming) once nothing can open the disk.
+ */
+static void usrbd_dev_remove(struct usrbd_dev *dev, bool fail_io, bool claiming)
 {
 	u32 i;
 
-	if (fail_io) {
-		/* Fail new I/O at submission, then everything still pending. */
-		blk_mark_disk_dead(dev->disk);
-		for (i = 0; i < dev->nr_queues; i++)
-			usrbd_queue_kill(&dev->queues[i]);
-	}
+	if (fail_io)
+		usrbd_dev_cut(dev);
 	del_gendisk(dev->disk);
+	/* Whoever waited to claim the disk now finds it gone. */
+	if (claiming)
+		bd_abort_claiming(dev->disk->part0, dev);
 	/* Nothing is pending now; kill again to wake every server with GONE. */
 	for (i = 0; i < dev->nr_queues; i++)
 		usrbd_queue_kill(&dev->queues[i]);
@@ -457,11 +561,32 @@ static void usrbd_dev_remove(struct usrbd_dev *dev, bool fail_io)
 	usrbd_dev_put(dev);
 }
 
+/*
+ * A graceful destroy could not write back, or found the disk claimed: the
+ * device keeps serving, unless a cut came in the meantime. Returns whether
+ * it was kept.
+ */
+static bool usrbd_dev_keep(struct usrbd_dev *dev)
+{
+	bool keep;
+
+	spin_lock(&dev->state_lock);
+	keep = dev->destroy == USRBD_DESTROY_GRACEFUL;
+	if (keep) {
+		WRITE_ONCE(dev->destroy, USRBD_DESTROY_NONE);
+		dev->state = dev->servers ? USRBD_STATE_LIVE : USRBD_STATE_WAITING;
+	}
+	spin_unlock(&dev->state_lock);
+	return keep;
+}
+
 int usrbd_dev_destroy(const struct usrbd_destroy *d)
 {
 	bool force = d->flags & USRBD_DESTROY_FORCE;
 	unsigned int timeout_ms = d->timeout_ms ?: READ_ONCE(usrbd_destroy_timeout_ms);
 	struct usrbd_dev *dev;
+	bool claiming = false;
+	bool cut = false;
 	u32 openers = 0;
 	int ret = 0;
 
@@ -477,13 +602,18 @@ int usrbd_dev_destroy(const struct usrbd_destroy *d)
 		return -ENODEV;
 	}
 	spin_lock(&dev->state_lock);
-	if (dev->destroying) {
+	if (dev->destroy == USRBD_DESTROY_GRACEFUL && force) {
+		/* Another call runs a graceful destroy: cut it short. */
+		WRITE_ONCE(dev->destroy, USRBD_DESTROY_CUT);
+		cut = true;
+	} else if (dev->destroy != USRBD_DESTROY_NONE) {
 		ret = -EBUSY;
 	} else if (!force && usrbd_dev_claimed(dev)) {
 		openers = dev->openers;
 		ret = -EBUSY;
 	} else {
-		dev->destroying = true;
+		WRITE_ONCE(dev->destroy, force ? USRBD_DESTROY_CUT :
+				       USRBD_DESTROY_GRACEFUL);
 		dev->state = USRBD_STATE_DRAINING;
 	}
 	spin_unlock(&dev->state_lock);
@@ -497,33 +627,47 @@ int usrbd_dev_destroy(const struct usrbd_destroy *d)
 		return ret;
 	}
 
-	if (!force) {
-		unsigned long deadline = jiffies + msecs_to_jiffies(timeout_ms);
-
-		ret = usrbd_writeback(dev);
-		if (ret) {
+	if (cut) {
+		usrbd_dev_cut(dev);
+		/* Short: the graceful destroy has nothing left to wait for. */
+		ret = wait_for_completion_killable(&dev->destroyed) ? -EINTR : 0;
+		usrbd_dev_put(dev);
+		return ret;
+	}
+	if (force) {
+		usrbd_dev_remove(dev, true, false);
+		usrbd_dev_put(dev);
+		return 0;
+	}
+	/*
+	 * Reserve the claim of the disk: a mount (or md, dm) of the disk or
+	 * of a partition, even one already open, now waits until the destroy
+	 * is over and then finds the disk gone; one that holds it already
+	 * makes this fail.
+	 */
+	ret = usrbd_prepare_to_claim(dev->disk->part0, dev);
+	if (ret) {
+		if (usrbd_dev_keep(dev)) {
+			usrbd_dev_put(dev);
+			return -EBUSY;
+		}
+	} else {
+		claiming = true;
+		ret = usrbd_dev_graceful(dev, timeout_ms);
+		if (ret == -EIO && usrbd_dev_keep(dev)) {
 			/* Data could not be made durable: keep the device. */
-			pr_warn_ratelimited("%s: destroy aborted: write back or flush failed (%d)\n",
-					    dev->name, ret);
-			spin_lock(&dev->state_lock);
-			dev->destroying = false;
-			dev->state = dev->servers ? USRBD_STATE_LIVE : USRBD_STATE_WAITING;
-			spin_unlock(&dev->state_lock);
+			bd_abort_claiming(dev->disk->part0, dev);
+			pr_warn_ratelimited("%s: destroy aborted: write back or flush failed\n",
+					    dev->name);
 			usrbd_dev_put(dev);
 			return -EIO;
 		}
-		/*
-		 * What was written before is durable now. Plain openers (not
-		 * a mount) see the disk go away: new I/O fails at submission,
-		 * while the requests already in flight are still served.
-		 */
-		blk_mark_disk_dead(dev->disk);
-		ret = usrbd_drain(dev, deadline);
-		if (ret)
-			pr_warn("%s: drain deadline passed, failing what is left\n",
-				dev->name);
 	}
-	usrbd_dev_remove(dev, force || ret);
+	if (ret)
+		pr_warn("%s: destroy cut short (%d), failing what is left\n",
+			dev->name, ret);
+	usrbd_dev_remove(dev, ret != 0, claiming);
+	complete_all(&dev->destroyed);
 	usrbd_dev_put(dev);
 	return ret;
 }

@@ -4,9 +4,15 @@
  *
  * queue_rq() puts a request on its hardware queue's FIFO and wakes the
  * queue's server; SERVE (server.c) takes it from there. The timeout
- * handler, server death and destroy fail requests from here. Whoever moves
- * a request to USRBD_CMD_IDLE under the queue lock is the one that ends it,
- * so a request is ended exactly once whatever races.
+ * handler and destroy fail requests from here. Whoever moves a request to
+ * USRBD_CMD_IDLE under the queue lock is the one that ends it, so a
+ * request is ended exactly once whatever races.
+ *
+ * A request the server holds is never ended under its feet (its tag, and
+ * the buffer slot of that tag, would be reused while the server may still
+ * answer or fill it). When such a request times out, the server is unbound
+ * instead: it ends that request, and everything else it held is queued
+ * again for the next server, as on server death.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -92,7 +98,7 @@ static blk_status_t usrbd_queue_rq(struct blk_mq_hw_ctx *hctx,
 	atomic_inc(&q->nr_active);
 	cmd->state = USRBD_CMD_QUEUED;
 	list_add_tail(&cmd->node, &q->fifo);
-	q->nr_queued++;
+	WRITE_ONCE(q->nr_queued, q->nr_queued + 1);
 	spin_unlock_irqrestore(&q->lock, flags);
 
 	/* Pairs with the barrier in prepare_to_wait() of a sleeping server. */
@@ -126,15 +132,18 @@ static enum blk_eh_timer_return usrbd_timeout(struct request *rq)
 {
 	struct usrbd_queue *q = rq->mq_hctx->driver_data;
 	struct usrbd_cmd *cmd = blk_mq_rq_to_pdu(rq);
+	bool unbound = false;
 
 	spin_lock_irq(&q->lock);
 	switch (cmd->state) {
 	case USRBD_CMD_QUEUED:
 		list_del(&cmd->node);
-		q->nr_queued--;
+		WRITE_ONCE(q->nr_queued, q->nr_queued - 1);
 		break;
 	case USRBD_CMD_HELD:
+		/* Only the queue's server holds requests: see the top. */
 		q->held[cmd->tag] = NULL;
+		unbound = usrbd_queue_unbind(q, q->server);
 		break;
 	default:
 		/*
@@ -147,6 +156,13 @@ static enum blk_eh_timer_return usrbd_timeout(struct request *rq)
 	cmd->state = USRBD_CMD_IDLE;
 	spin_unlock_irq(&q->lock);
 
+	if (unbound) {
+		pr_warn_ratelimited("%s: queue %u: a held request timed out: server unbound\n",
+				    q->dev->name, q->index);
+		usrbd_dev_server_change(q->dev, -1);
+		/* The unbound server may sleep in SERVE: it gets ENOTCONN. */
+		wake_up_all(&q->wait);
+	}
 	atomic64_inc(&q->stats.timeouts);
 	pr_warn_ratelimited("%s: queue %u: request timed out (op %u, %u bytes at %llu)\n",
 			    q->dev->name, q->index, cmd->op, cmd->len,
@@ -186,7 +202,7 @@ static void usrbd_queue_take(struct usrbd_queue *q, bool queued, bool held,
 			cmd->state = USRBD_CMD_IDLE;
 			list_move_tail(&cmd->node, out);
 		}
-		q->nr_queued = 0;
+		WRITE_ONCE(q->nr_queued, 0);
 	}
 	if (!held)
 		return;
@@ -226,7 +242,7 @@ void usrbd_queue_kill(struct usrbd_queue *q)
 	LIST_HEAD(victims);
 
 	spin_lock_irq(&q->lock);
-	q->dead = true;
+	WRITE_ONCE(q->dead, true);
 	usrbd_queue_take(q, true, true, &victims);
 	spin_unlock_irq(&q->lock);
 
@@ -235,23 +251,43 @@ void usrbd_queue_kill(struct usrbd_queue *q)
 }
 
 /*
- * The server fd @srv is closed: requests it held fail; queued ones stay
- * for the next server or their timeout.
+ * @srv stops being @q's server, if it still is: the requests it held go
+ * back to the head of the FIFO, in tag order, for the next server (their
+ * timers keep running). Its FETCHING ones belong to a running SERVE,
+ * which queues them again itself. Caller holds q->lock. Returns whether
+ * @srv was the server.
+ */
+bool usrbd_queue_unbind(struct usrbd_queue *q, struct usrbd_server *srv)
+{
+	LIST_HEAD(back);
+	struct usrbd_cmd *cmd;
+
+	lockdep_assert_held(&q->lock);
+	if (!srv || q->server != srv)
+		return false;
+	WRITE_ONCE(q->server, NULL);
+	usrbd_queue_take(q, false, true, &back);
+	list_for_each_entry(cmd, &back, node) {
+		cmd->state = USRBD_CMD_QUEUED;
+		WRITE_ONCE(q->nr_queued, q->nr_queued + 1);
+	}
+	list_splice(&back, &q->fifo);
+	return true;
+}
+
+/*
+ * The server fd @srv is closed (exit, crash): the requests it held wait
+ * for the next server, as queued ones do, or for their timeout.
  */
 void usrbd_queue_detach(struct usrbd_queue *q, struct usrbd_server *srv)
 {
-	LIST_HEAD(victims);
+	bool was_server;
 
 	spin_lock_irq(&q->lock);
-	if (q->server == srv)
-		q->server = NULL;
-	usrbd_queue_take(q, false, true, &victims);
+	was_server = usrbd_queue_unbind(q, srv);
 	spin_unlock_irq(&q->lock);
-
-	if (!list_empty(&victims))
-		pr_warn_ratelimited("%s: queue %u: server gone, failing the requests it held\n",
-				    q->dev->name, q->index);
-	usrbd_fail_list(q, &victims, BLK_STS_IOERR);
+	if (was_server)
+		usrbd_dev_server_change(q->dev, -1);
 }
 
 unsigned int usrbd_queue_active(struct usrbd_queue *q)

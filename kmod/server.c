@@ -16,6 +16,10 @@
  * (a userfaultfd, a file mapping, even this very device) and the request
  * could then neither complete nor time out: a copy that would fault gives
  * the request back (QUEUED or HELD), faults the buffer in, and tries again.
+ *
+ * Every request fetched gets a new cookie, and an answer must carry it: an
+ * answer meant for an earlier fetch of the same tag is refused. A server
+ * the module unbound (queue.c) gets ENOTCONN for every call.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -38,16 +42,6 @@
  */
 #define USRBD_FAULT_RETRIES	8
 
-struct usrbd_server {
-	struct usrbd_dev *dev;
-	struct usrbd_queue *q;
-	u64 buf_addr;
-	/* USRBD_ATTACH_LINEAR: the buffer is the device, addressed by offset. */
-	bool linear;
-	/* The address space buf_addr belongs to; SERVE runs only there. */
-	struct mm_struct *mm;
-};
-
 /* Where the data of @rq lives in the server's memory. */
 static void __user *usrbd_server_buf(struct usrbd_server *srv,
 				     struct request *rq,
@@ -59,6 +53,31 @@ static void __user *usrbd_server_buf(struct usrbd_server *srv,
 			       (u64)cmd->tag * srv->dev->max_io_bytes);
 }
 
+/*
+ * The server's errno as the submitter will see it: only errors a block
+ * device may report (errno_to_blk_status() would turn -EAGAIN into
+ * BLK_STS_AGAIN, meant for REQ_NOWAIT, and -ENOLINK into a multipath
+ * transport error); everything else is an I/O error.
+ */
+static blk_status_t usrbd_result_status(s32 result)
+{
+	switch (result) {
+	case -ENOSPC:
+	case -EDQUOT:
+		return BLK_STS_NOSPC;
+	case -EOPNOTSUPP:
+		return BLK_STS_NOTSUPP;
+	case -ETIMEDOUT:
+		return BLK_STS_TIMEOUT;
+	case -ENODATA:
+	case -EBADMSG:
+	case -EILSEQ:
+		return BLK_STS_MEDIUM;
+	default:
+		return BLK_STS_IOERR;
+	}
+}
+
 static int usrbd_reject(struct usrbd_queue *q, const struct usrbd_completion *c,
 			const char *why)
 {
@@ -66,6 +85,41 @@ static int usrbd_reject(struct usrbd_queue *q, const struct usrbd_completion *c,
 	pr_warn_ratelimited("%s: queue %u: answer for tag %u refused: %s\n",
 			    q->dev->name, q->index, c->tag, why);
 	return -EINVAL;
+}
+
+/*
+ * Give requests taken by a failed fetch (or an answer that could not be
+ * applied) back to the head of the FIFO, in their order, or fail them if
+ * the queue died meanwhile. They are FETCHING or COMPLETING, in held[]
+ * or not.
+ */
+static void usrbd_requeue(struct usrbd_queue *q, struct request **rqs,
+			  unsigned int n)
+{
+	LIST_HEAD(victims);
+	bool queued = false;
+
+	spin_lock_irq(&q->lock);
+	while (n--) {
+		struct usrbd_cmd *cmd = blk_mq_rq_to_pdu(rqs[n]);
+
+		if (q->held[cmd->tag] == rqs[n])
+			q->held[cmd->tag] = NULL;
+		if (q->dead) {
+			cmd->state = USRBD_CMD_IDLE;
+			list_add(&cmd->node, &victims);
+		} else {
+			cmd->state = USRBD_CMD_QUEUED;
+			list_add(&cmd->node, &q->fifo);
+			WRITE_ONCE(q->nr_queued, q->nr_queued + 1);
+			queued = true;
+		}
+	}
+	spin_unlock_irq(&q->lock);
+	usrbd_fail_list(q, &victims, BLK_STS_IOERR);
+	/* Another thread of the server may sleep in SERVE meanwhile. */
+	if (queued)
+		wake_up(&q->wait);
 }
 
 /*
@@ -85,11 +139,17 @@ static int usrbd_complete_try(struct usrbd_server *srv,
 	void __user *buf;
 
 	spin_lock_irq(&q->lock);
+	if (q->server != srv) {
+		spin_unlock_irq(&q->lock);
+		return -ENOTCONN;
+	}
 	rq = q->held[c->tag];
 	if (rq)
 		cmd = blk_mq_rq_to_pdu(rq);
 	if (!cmd || cmd->state != USRBD_CMD_HELD)
 		why = "tag not in flight";
+	else if (c->cookie != cmd->cookie)
+		why = "stale cookie (an earlier fetch of this tag)";
 	else if (c->op != cmd->op)
 		why = "op does not match the request";
 	else if (!c->result && c->len != cmd->len)
@@ -104,22 +164,23 @@ static int usrbd_complete_try(struct usrbd_server *srv,
 	spin_unlock_irq(&q->lock);
 
 	if (c->result) {
-		status = errno_to_blk_status(c->result);
+		status = usrbd_result_status(c->result);
 	} else if (cmd->op == USRBD_OP_READ) {
 		buf = usrbd_server_buf(srv, rq, cmd);
 		if (!usrbd_copy_data(rq, buf, false)) {
 			/* The server keeps the request while its buffer faults in. */
 			spin_lock_irq(&q->lock);
-			if (!q->dead) {
+			if (!q->dead && q->server == srv) {
 				cmd->state = USRBD_CMD_HELD;
 				q->held[c->tag] = rq;
 				spin_unlock_irq(&q->lock);
 				*fault = buf;
 				return -EAGAIN;
 			}
-			cmd->state = USRBD_CMD_IDLE;
 			spin_unlock_irq(&q->lock);
-			status = BLK_STS_IOERR;
+			/* Dead: fail it; unbound meanwhile: for the next server. */
+			usrbd_requeue(q, &rq, 1);
+			return READ_ONCE(q->dead) ? 0 : -ENOTCONN;
 		}
 	}
 	usrbd_end_request(q, rq, status);
@@ -174,40 +235,22 @@ usrbd_apply_completions(struct usrbd_server *srv,
 }
 
 /*
- * Give requests taken by a failed fetch back to the head of the FIFO, in
- * their order, or fail them if the queue died meanwhile.
+ * The server has the requests now, unless the queue died meanwhile (they
+ * fail) or the server was unbound (-ENOTCONN: they are queued again).
  */
-static void usrbd_requeue(struct usrbd_queue *q, struct request **rqs,
-			  unsigned int n)
+static int usrbd_hand_over(struct usrbd_server *srv, struct request **rqs,
+			   unsigned int n, u32 *events)
 {
-	LIST_HEAD(victims);
-
-	spin_lock_irq(&q->lock);
-	while (n--) {
-		struct usrbd_cmd *cmd = blk_mq_rq_to_pdu(rqs[n]);
-
-		q->held[cmd->tag] = NULL;
-		if (q->dead) {
-			cmd->state = USRBD_CMD_IDLE;
-			list_add(&cmd->node, &victims);
-		} else {
-			cmd->state = USRBD_CMD_QUEUED;
-			list_add(&cmd->node, &q->fifo);
-			q->nr_queued++;
-		}
-	}
-	spin_unlock_irq(&q->lock);
-	usrbd_fail_list(q, &victims, BLK_STS_IOERR);
-}
-
-/* The server has the requests now, unless the queue died meanwhile. */
-static void usrbd_hand_over(struct usrbd_queue *q, struct request **rqs,
-			    unsigned int n, u32 *events)
-{
+	struct usrbd_queue *q = srv->q;
 	LIST_HEAD(victims);
 	unsigned int i;
 
 	spin_lock_irq(&q->lock);
+	if (!q->dead && q->server != srv) {
+		spin_unlock_irq(&q->lock);
+		usrbd_requeue(q, rqs, n);
+		return -ENOTCONN;
+	}
 	for (i = 0; i < n; i++) {
 		struct usrbd_cmd *cmd = blk_mq_rq_to_pdu(rqs[i]);
 
@@ -223,6 +266,7 @@ static void usrbd_hand_over(struct usrbd_queue *q, struct request **rqs,
 		*events |= USRBD_EV_GONE;
 	spin_unlock_irq(&q->lock);
 	usrbd_fail_list(q, &victims, BLK_STS_IOERR);
+	return 0;
 }
 
 /* copy_to_user() that fails rather than fault: see the comment at the top. */
@@ -238,9 +282,10 @@ static unsigned long usrbd_copy_to_user_nofault(void __user *to, const void *fro
 }
 
 /*
- * Fetch up to @max (<= USRBD_SERVE_CHUNK) requests; returns how many, or
- * -EAGAIN when a copy would have faulted: the requests are queued again
- * and *fault, *fault_len name the user memory to fault in before retrying.
+ * Fetch up to @max (<= USRBD_SERVE_CHUNK) requests; returns how many,
+ * -ENOTCONN if the server was unbound, or -EAGAIN when a copy would have
+ * faulted: the requests are queued again and *fault, *fault_len name the
+ * user memory to fault in before retrying.
  */
 static noinline_for_stack int
 usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
@@ -250,6 +295,7 @@ usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 	struct request *rqs[USRBD_SERVE_CHUNK];
 	struct usrbd_queue *q = srv->q;
 	unsigned int n = 0, i;
+	int ret;
 
 	spin_lock_irq(&q->lock);
 	if (q->dead) {
@@ -257,15 +303,20 @@ usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 		*events |= USRBD_EV_GONE;
 		return 0;
 	}
+	if (q->server != srv) {
+		spin_unlock_irq(&q->lock);
+		return -ENOTCONN;
+	}
 	while (n < max && !list_empty(&q->fifo)) {
 		struct usrbd_cmd *cmd = list_first_entry(&q->fifo,
 							 struct usrbd_cmd, node);
 		struct request *rq = blk_mq_rq_from_pdu(cmd);
 
 		list_del_init(&cmd->node);
-		q->nr_queued--;
+		WRITE_ONCE(q->nr_queued, q->nr_queued - 1);
 		cmd->state = USRBD_CMD_FETCHING;
 		cmd->tag = rq->tag;
+		cmd->cookie = ++q->next_cookie;
 		q->held[cmd->tag] = rq;
 		rqs[n++] = rq;
 	}
@@ -281,6 +332,7 @@ usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 			.flags	= cmd->flags,
 			.len	= cmd->len,
 			.offset	= usrbd_rq_offset(rqs[i], cmd),
+			.cookie	= cmd->cookie,
 		};
 		if (cmd->op == USRBD_OP_WRITE &&
 		    !usrbd_copy_data(rqs[i], buf, true)) {
@@ -294,41 +346,45 @@ usrbd_fetch_chunk(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 		*fault_len = n * sizeof(out[0]);
 		goto fault;
 	}
-	usrbd_hand_over(q, rqs, n, events);
-	return n;
+	ret = usrbd_hand_over(srv, rqs, n, events);
+	return ret ? ret : n;
 
 fault:
 	usrbd_requeue(q, rqs, n);
 	return -EAGAIN;
 }
 
-static bool usrbd_queue_ready(struct usrbd_queue *q)
+static bool usrbd_queue_ready(struct usrbd_server *srv)
 {
-	return READ_ONCE(q->nr_queued) || READ_ONCE(q->dead);
+	struct usrbd_queue *q = srv->q;
+
+	return READ_ONCE(q->nr_queued) || READ_ONCE(q->dead) ||
+	       READ_ONCE(q->server) != srv;
 }
 
-static void usrbd_wait_for_work(struct usrbd_queue *q, u32 wait_ms)
+static void usrbd_wait_for_work(struct usrbd_server *srv, u32 wait_ms)
 {
 	unsigned int spin_us = READ_ONCE(usrbd_poll_spin_us);
+	struct usrbd_queue *q = srv->q;
 
 	if (spin_us) {
 		/* A short busy-poll saves the sleep/wake round trip at low depth. */
 		u64 end = ktime_get_ns() + (u64)min(spin_us, wait_ms) * NSEC_PER_USEC;
 
-		while (!usrbd_queue_ready(q)) {
+		while (!usrbd_queue_ready(srv)) {
 			if (need_resched() || signal_pending(current) ||
 			    ktime_get_ns() > end)
 				break;
 			cpu_relax();
 		}
 	}
-	if (usrbd_queue_ready(q))
+	if (usrbd_queue_ready(srv))
 		return;
 	/* A signal just ends the wait: SERVE then returns no request. */
 	if (wait_ms == USRBD_WAIT_FOREVER)
-		wait_event_interruptible(q->wait, usrbd_queue_ready(q));
+		wait_event_interruptible(q->wait, usrbd_queue_ready(srv));
 	else
-		wait_event_interruptible_timeout(q->wait, usrbd_queue_ready(q),
+		wait_event_interruptible_timeout(q->wait, usrbd_queue_ready(srv),
 						 msecs_to_jiffies(wait_ms));
 }
 
@@ -346,6 +402,8 @@ static int usrbd_fetch(struct usrbd_server *srv, struct usrbd_request __user *ur
 			int got = usrbd_fetch_chunk(srv, ureq + *nr, want, events,
 						    &fault, &fault_len);
 
+			if (got == -ENOTCONN)
+				return got;
 			if (got == -EAGAIN) {
 				/* Without writing: the buffer may be a linear device. */
 				if (faults++ < USRBD_FAULT_RETRIES &&
@@ -360,7 +418,7 @@ static int usrbd_fetch(struct usrbd_server *srv, struct usrbd_request __user *ur
 		}
 		if (*nr || *events || !wait_ms || waited)
 			return 0;
-		usrbd_wait_for_work(srv->q, wait_ms);
+		usrbd_wait_for_work(srv, wait_ms);
 		waited = true;
 	}
 }
@@ -386,6 +444,8 @@ static long usrbd_serve(struct usrbd_server *srv, struct usrbd_serve __user *uar
 
 	if (READ_ONCE(q->dead)) {
 		s.events |= USRBD_EV_GONE;
+	} else if (READ_ONCE(q->server) != srv) {
+		ret = -ENOTCONN;
 	} else {
 		ret = usrbd_apply_completions(srv, u64_to_user_ptr(s.completions),
 					      s.nr_completions, &s.nr_completed);
@@ -394,6 +454,9 @@ static long usrbd_serve(struct usrbd_server *srv, struct usrbd_serve __user *uar
 					  s.max_requests, s.wait_ms,
 					  &s.nr_requests, &s.events);
 	}
+	/* Requests fetched before an unbind were queued again. */
+	if (ret == -ENOTCONN)
+		s.nr_requests = 0;
 	if (copy_to_user(uarg, &s, sizeof(s)))
 		return -EFAULT;
 	return ret;
@@ -413,7 +476,6 @@ static int usrbd_server_release(struct inode *inode, struct file *file)
 	struct usrbd_dev *dev = srv->dev;
 
 	usrbd_queue_detach(srv->q, srv);
-	usrbd_dev_server_change(dev, -1);
 	mmdrop(srv->mm);
 	kfree(srv);
 	usrbd_dev_put(dev);
@@ -428,6 +490,16 @@ static const struct file_operations usrbd_server_fops = {
 	.llseek		= noop_llseek,
 };
 
+/*
+ * The process that attached @srv is gone, though its fd lives on (a child
+ * forked without exec inherited it): nobody can call SERVE on it any more
+ * (SERVE runs only in the attaching address space).
+ */
+static bool usrbd_server_orphaned(struct usrbd_server *srv)
+{
+	return !atomic_read(&srv->mm->mm_users);
+}
+
 /* Returns the new server fd, or a negative errno. */
 int usrbd_server_attach(struct usrbd_dev *dev, const struct usrbd_attach *a)
 {
@@ -436,6 +508,7 @@ int usrbd_server_attach(struct usrbd_dev *dev, const struct usrbd_attach *a)
 	u64 need = linear ? dev->size : (u64)dev->queue_depth * dev->max_io_bytes;
 	struct usrbd_server *srv;
 	struct usrbd_queue *q;
+	bool orphan = false;
 	int ret = 0;
 	int fd;
 
@@ -450,6 +523,12 @@ int usrbd_server_attach(struct usrbd_dev *dev, const struct usrbd_attach *a)
 				    (unsigned long long)need);
 		return -EINVAL;
 	}
+	/* On a 32-bit kernel a u64 address or end may not fit a pointer. */
+	if (a->buf_addr > ULONG_MAX || need > ULONG_MAX - a->buf_addr) {
+		pr_warn_ratelimited("%s: attach: buffer end beyond the address space\n",
+				    dev->name);
+		return -EINVAL;
+	}
 	if (!a->buf_addr || !access_ok(u64_to_user_ptr(a->buf_addr), need))
 		return -EFAULT;
 
@@ -461,30 +540,39 @@ int usrbd_server_attach(struct usrbd_dev *dev, const struct usrbd_attach *a)
 	srv->q = q;
 	srv->buf_addr = a->buf_addr;
 	srv->linear = linear;
+	mmgrab(current->mm);
+	srv->mm = current->mm;
+	/* Counted before a timeout can unbind it (which uncounts it). */
+	usrbd_dev_server_change(dev, 1);
 
 	spin_lock_irq(&q->lock);
-	if (q->dead)
+	if (q->dead) {
 		ret = -ENODEV;
-	else if (q->server)
+	} else if (q->server && !usrbd_server_orphaned(q->server)) {
 		ret = -EBUSY;
-	else
-		q->server = srv;
+	} else {
+		/* An orphan's requests go to the new server. */
+		orphan = usrbd_queue_unbind(q, q->server);
+		WRITE_ONCE(q->server, srv);
+	}
 	spin_unlock_irq(&q->lock);
 	if (ret) {
+		usrbd_dev_server_change(dev, -1);
+		mmdrop(srv->mm);
 		kfree(srv);
 		return ret;
 	}
-
+	if (orphan) {
+		pr_info_ratelimited("%s: queue %u: the previous server's process is gone: replaced\n",
+				    dev->name, q->index);
+		usrbd_dev_server_change(dev, -1);
+	}
 	kref_get(&dev->ref);
-	mmgrab(current->mm);
-	srv->mm = current->mm;
-	usrbd_dev_server_change(dev, 1);
 
 	fd = anon_inode_getfd("[usrbd-server]", &usrbd_server_fops, srv,
 			      O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
 		usrbd_queue_detach(q, srv);
-		usrbd_dev_server_change(dev, -1);
 		mmdrop(srv->mm);
 		kfree(srv);
 		usrbd_dev_put(dev);

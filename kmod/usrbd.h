@@ -13,11 +13,13 @@
 
 #include <linux/atomic.h>
 #include <linux/blk-mq.h>
+#include <linux/completion.h>
 #include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 #include <linux/usrbd.h>
 
 /* Answers or requests moved per copy_{from,to}_user in SERVE (on the stack). */
@@ -42,6 +44,7 @@ struct usrbd_cmd {
 	u32 flags;		/* USRBD_REQ_* */
 	u32 len;		/* payload bytes, 0 for FLUSH */
 	u32 tag;		/* index into usrbd_queue.held while FETCHING/HELD */
+	u64 cookie;		/* of the current fetch; answers must carry it */
 };
 
 struct usrbd_op_counters {
@@ -57,16 +60,33 @@ struct usrbd_queue_stats {
 	atomic64_t rejected;
 };
 
-struct usrbd_server;
+struct mm_struct;
 struct usrbd_dev;
+
+/*
+ * A server fd (server.c), bound to one queue of one device. It serves
+ * while it is its queue's server; once unbound (a request it held timed
+ * out, or an orphan replaced) every SERVE on it fails with ENOTCONN.
+ */
+struct usrbd_server {
+	struct usrbd_dev *dev;
+	struct usrbd_queue *q;
+	u64 buf_addr;
+	/* USRBD_ATTACH_LINEAR: the buffer is the device, addressed by offset. */
+	bool linear;
+	/* The address space buf_addr belongs to; SERVE runs only there. */
+	struct mm_struct *mm;
+};
 
 struct usrbd_queue {
 	struct usrbd_dev *dev;
 	unsigned int index;
 	/*
 	 * Protects fifo, nr_queued, held[], the state of every request of
-	 * this queue, server and dead. Taken from queue_rq (any context), so
-	 * always with interrupts disabled. Never held across a user copy.
+	 * this queue, server (and its state), next_cookie and dead. Taken
+	 * from queue_rq (any context), so always with interrupts disabled.
+	 * Never held across a user copy. nr_queued, server and dead are also
+	 * read without it (wait conditions, status): written with WRITE_ONCE.
 	 */
 	spinlock_t lock;
 	struct list_head fifo;		/* QUEUED requests, oldest first */
@@ -77,12 +97,22 @@ struct usrbd_queue {
 	 */
 	struct request **held;
 	struct usrbd_server *server;	/* the attached server, or NULL */
+	u64 next_cookie;		/* the last cookie handed out */
 	bool dead;			/* no more I/O; servers get USRBD_EV_GONE */
-	/* Servers sleep here in SERVE until a request is queued or dead is set. */
+	/*
+	 * Servers sleep here in SERVE until a request is queued, dead is set
+	 * or their server is unbound.
+	 */
 	wait_queue_head_t wait;
 	atomic_t nr_active;		/* accepted by queue_rq, not yet ended */
 	struct usrbd_queue_stats stats;
 } ____cacheline_aligned_in_smp;
+
+enum usrbd_destroy_state {
+	USRBD_DESTROY_NONE,	/* no destroy running */
+	USRBD_DESTROY_GRACEFUL,	/* writing back, flushing, draining */
+	USRBD_DESTROY_CUT,	/* forced, or the graceful one cut short: fail all */
+};
 
 struct usrbd_dev {
 	/*
@@ -105,15 +135,26 @@ struct usrbd_dev {
 	struct gendisk *disk;
 	struct usrbd_queue *queues;
 
-	/* Protects state, openers, servers and destroying. */
+	/* Protects state, openers, servers, destroy and dead. */
 	spinlock_t state_lock;
 	u32 state;			/* USRBD_STATE_* */
 	u32 openers;
 	u32 servers;
-	bool destroying;		/* a destroy owns the device: opens fail */
+	enum usrbd_destroy_state destroy; /* not NONE: opens fail */
+	bool dead;			/* blk_mark_disk_dead() was called */
 
-	/* A graceful destroy sleeps here until no request is active. */
+	/*
+	 * A graceful destroy sleeps here until no request is active or the
+	 * destroy is cut short.
+	 */
 	wait_queue_head_t drain_wait;
+	/* A graceful destroy's write back runs here, so its wait is killable. */
+	struct work_struct writeback_work;
+	int writeback_ret;
+	/* Completed by writeback_work; the graceful destroy waits on it. */
+	struct completion writeback_done;
+	/* Completed when a graceful destroy is over; a cutting force waits. */
+	struct completion destroyed;
 };
 
 /* main.c */
@@ -136,6 +177,7 @@ void usrbd_end_request(struct usrbd_queue *q, struct request *rq,
 void usrbd_fail_list(struct usrbd_queue *q, struct list_head *list,
 		     blk_status_t status);
 void usrbd_queue_kill(struct usrbd_queue *q);
+bool usrbd_queue_unbind(struct usrbd_queue *q, struct usrbd_server *srv);
 void usrbd_queue_detach(struct usrbd_queue *q, struct usrbd_server *srv);
 unsigned int usrbd_queue_active(struct usrbd_queue *q);
 

@@ -13,7 +13,7 @@ use log::{debug, error, info, warn};
 use nix::errno::Errno;
 use serde::Serialize;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Memory};
 use crate::device::{Control, DeviceInfo, ServerFd};
 use crate::error::DeviceError;
 use crate::uapi::*;
@@ -266,7 +266,10 @@ impl Workers {
         for fd in fds {
             let w = Worker {
                 fd,
+                index: dev.index,
                 depth: geo.depth,
+                max_io: geo.max_io,
+                memory,
                 backend: Arc::clone(&backend),
                 stats: Arc::clone(&stats),
                 activity: Arc::clone(&activity),
@@ -325,7 +328,12 @@ struct Worker {
     // Declared before `backend`: a linear fd names the backend's memory, so it
     // must close before the last reference to the backend can go.
     fd: ServerFd,
+    /// What attaching again needs: the device, the queue's geometry, and the
+    /// backend's memory for a linear attach.
+    index: u32,
     depth: u32,
+    max_io: u32,
+    memory: Option<Memory>,
     backend: Arc<dyn Backend>,
     stats: Arc<Stats>,
     activity: ActivityHook,
@@ -334,6 +342,20 @@ struct Worker {
 }
 
 impl Worker {
+    /// A new server fd for this worker's queue, replacing one the module
+    /// unbound; the old fd and its buffer go.
+    fn reattach(&mut self) -> Result<(), DeviceError> {
+        let ctrl = Control::open()?;
+        let q = self.fd.queue();
+        self.fd = match self.memory {
+            // SAFETY: the memory belongs to `self.backend`, which outlives the fd
+            // (declared after it).
+            Some(mem) => unsafe { ctrl.attach_linear(self.index, q, mem)? },
+            None => ctrl.attach(self.index, q, self.depth, self.max_io)?,
+        };
+        Ok(())
+    }
+
     fn run(mut self) -> Result<(), String> {
         let batch = self.depth.min(USRBD_MAX_BATCH) as usize;
         let mut fetched = vec![usrbd_request::default(); batch];
@@ -350,6 +372,20 @@ impl Worker {
             let served = match self.fd.serve(&answers, &mut fetched[..room], wait_ms) {
                 Ok(s) => s,
                 Err(e) if e.errno == Errno::EINTR => continue,
+                Err(e) if e.errno == Errno::ENOTCONN => {
+                    // A request we held timed out: the module unbound this fd
+                    // and queued what we held again for the next server. Drop
+                    // it all (its buffer goes with the fd) and be that server.
+                    warn!("queue {q}: the module unbound this server (a request timed out); attaching again");
+                    pending.clear();
+                    answers.clear();
+                    if let Err(e) = self.reattach() {
+                        let msg = format!("queue {q}: attaching again: {e}");
+                        error!("{msg}");
+                        return Err(msg);
+                    }
+                    continue;
+                }
                 Err(e) if e.errno == Errno::EFAULT => {
                     // A copy to or from our memory failed (a page the kernel
                     // could not fault in, e.g. out of memory): the module kept
@@ -412,6 +448,7 @@ impl Worker {
                     op: r.op,
                     result,
                     len: r.len,
+                    cookie: r.cookie,
                 });
             }
             (self.activity)();
@@ -474,6 +511,7 @@ mod tests {
             flags,
             len: 4096,
             offset,
+            cookie: 0,
         }
     }
 

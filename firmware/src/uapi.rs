@@ -10,7 +10,7 @@
 
 use std::os::raw::c_char;
 
-pub const USRBD_ABI_VERSION: u32 = 1;
+pub const USRBD_ABI_VERSION: u32 = 2;
 pub const USRBD_CONTROL_NAME: &str = "usrbd-control";
 pub const USRBD_IOCTL_MAGIC: u8 = 0xBD;
 
@@ -162,6 +162,7 @@ pub struct usrbd_request {
     pub flags: u32,
     pub len: u32,
     pub offset: u64,
+    pub cookie: u64,
 }
 
 #[repr(C)]
@@ -171,6 +172,7 @@ pub struct usrbd_completion {
     pub op: u32,
     pub result: i32,
     pub len: u32,
+    pub cookie: u64,
 }
 
 #[repr(C)]
@@ -299,11 +301,11 @@ layout_table! {
         index: 0, 4; queue: 4, 4; buf_addr: 8, 8; buf_len: 16, 8; flags: 24, 4;
         reserved: 28, 4;
     }
-    usrbd_request { size: 24,
-        tag: 0, 4; op: 4, 4; flags: 8, 4; len: 12, 4; offset: 16, 8;
+    usrbd_request { size: 32,
+        tag: 0, 4; op: 4, 4; flags: 8, 4; len: 12, 4; offset: 16, 8; cookie: 24, 8;
     }
-    usrbd_completion { size: 16,
-        tag: 0, 4; op: 4, 4; result: 8, 4; len: 12, 4;
+    usrbd_completion { size: 24,
+        tag: 0, 4; op: 4, 4; result: 8, 4; len: 12, 4; cookie: 16, 8;
     }
     usrbd_serve { size: 40,
         completions: 0, 8; requests: 8, 8; nr_completions: 16, 4; max_requests: 20, 4;

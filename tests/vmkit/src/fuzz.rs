@@ -42,7 +42,7 @@ pub struct Args {
 
 fn spec_a(limits: &uapi::usrbd_version) -> DeviceSpec {
     DeviceSpec {
-        name: "vmkitfuzz-a",
+        name: "usrbd-fuzz-a",
         size: 16 << 20,
         queues: limits.max_queues.clamp(1, 2),
         depth: 8,
@@ -55,7 +55,7 @@ fn spec_a(limits: &uapi::usrbd_version) -> DeviceSpec {
 }
 
 const SPEC_B: DeviceSpec = DeviceSpec {
-    name: "vmkitfuzz-b",
+    name: "usrbd-fuzz-b",
     size: 4 << 20,
     queues: 1,
     depth: 4,
@@ -232,7 +232,7 @@ fn report(
     })
 }
 
-/// Force-destroys devices a previous run left behind (named vmkitfuzz-*).
+/// Force-destroys devices a previous run left behind (named usrbd-fuzz-*).
 fn remove_leftovers(ctl: RawFd) {
     let mut l = uapi::usrbd_list::default();
     if rig::ioctl_struct(ctl, rig::LIST, &mut l).is_err() {
@@ -244,7 +244,7 @@ fn remove_leftovers(ctl: RawFd) {
             ..Default::default()
         };
         if rig::ioctl_struct(ctl, rig::STATUS, &mut st).is_ok()
-            && uapi::name_from_c(&st.name).starts_with("vmkitfuzz")
+            && uapi::name_from_c(&st.name).starts_with("usrbd-fuzz")
         {
             warn!("removing leftover {}", uapi::name_from_c(&st.name));
             if let Err(e) = rig::destroy(ctl, index, true) {

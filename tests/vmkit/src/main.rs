@@ -8,10 +8,14 @@ use clap::{Parser, Subcommand};
 mod ackcheck;
 mod ackwrite;
 mod block;
+mod errno;
 mod fuzz;
+mod late;
 mod leds_check;
+mod orphan;
 mod panel;
 mod stall;
+mod stamp;
 mod stop;
 
 #[derive(Parser, Debug)]
@@ -35,6 +39,14 @@ enum Cmd {
     Fuzz(fuzz::Args),
     /// A server stuck faulting on its buffer: I/O must time out, destroy work
     Stall(stall::Args),
+    /// A server that answers a READ after its timeout, once the tag is reused
+    LateAnswer(late::Args),
+    /// Stamp every block of a device, or check reads of stamped blocks
+    Stamp(stamp::Args),
+    /// A dead server's forked child holds its fd: a new server must attach
+    Orphan(orphan::Args),
+    /// A server answering with assorted errnos: the reader sees disk errors only
+    Errno(errno::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +59,10 @@ fn main() -> ExitCode {
         Cmd::Ackcheck(a) => ackcheck::run(a),
         Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Stall(a) => stall::run(a),
+        Cmd::LateAnswer(a) => late::run(a),
+        Cmd::Stamp(a) => stamp::run(a),
+        Cmd::Orphan(a) => orphan::run(a),
+        Cmd::Errno(a) => errno::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmkit: {e:#}");

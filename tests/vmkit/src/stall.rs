@@ -132,6 +132,7 @@ fn serve_forever(fd: OwnedFd) {
                 op: r.op,
                 result: 0,
                 len: r.len,
+                cookie: r.cookie,
             })
             .collect();
     }
@@ -158,8 +159,8 @@ fn stall_one(
 ) -> Result<Outcome> {
     let spec = DeviceSpec {
         name: match io {
-            Io::Read => "vmkitstall-r",
-            Io::Write => "vmkitstall-w",
+            Io::Read => "usrbd-stall-r",
+            Io::Write => "usrbd-stall-w",
         },
         size: 1 << 20,
         queues: 1,

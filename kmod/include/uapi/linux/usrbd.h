@@ -24,7 +24,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define USRBD_ABI_VERSION	1
+#define USRBD_ABI_VERSION	2
 #define USRBD_CONTROL_NAME	"usrbd-control"
 #define USRBD_IOCTL_MAGIC	0xBD
 
@@ -172,22 +172,37 @@ struct usrbd_attach {
 	__u32 reserved;		/* must be zero */
 };
 
-/* A request handed to the server. */
+/*
+ * A request handed to the server. The cookie names this one fetch: the
+ * same request fetched again (after a re-attach) or a later request with
+ * the same tag gets another, so an answer that carries it can only ever
+ * complete the fetch it was meant for.
+ */
 struct usrbd_request {
 	__u32 tag;		/* 0 .. queue_depth - 1, unique while in flight */
 	__u32 op;		/* USRBD_OP_* */
 	__u32 flags;		/* USRBD_REQ_* */
 	__u32 len;		/* bytes; 0 for FLUSH */
 	__aligned_u64 offset;	/* bytes from the start of the device */
+	__aligned_u64 cookie;	/* copy into the answer */
 };
 
 /* The server's answer to one request. */
 struct usrbd_completion {
 	__u32 tag;
 	__u32 op;		/* must equal the request's op */
-	__s32 result;		/* 0 or a negative errno */
+	__s32 result;		/* 0 or a negative errno, see below */
 	__u32 len;		/* must equal the request's len when result is 0 */
+	__aligned_u64 cookie;	/* the request's cookie */
 };
+
+/*
+ * Errors a server may answer with; any other negative errno reaches the
+ * submitter as EIO. -ENOSPC and -EDQUOT: out of space; -EOPNOTSUPP: the
+ * op is not supported; -ETIMEDOUT: the backend timed out; -ENODATA,
+ * -EILSEQ, -EBADMSG: the medium holds no valid data there (read errors);
+ * -EIO, -ENOMEM: everything else.
+ */
 
 /*
  * USRBD_IOC_SERVE on a server fd: first apply nr_completions answers in
@@ -197,9 +212,20 @@ struct usrbd_completion {
  *   nr_requests   requests written to the requests array (0 if the wait
  *                 timed out, a signal is pending, or the device is gone);
  *   events        USRBD_EV_*.
- * An invalid answer (unknown tag, tag not in flight, wrong op or len) fails
- * the call with EINVAL; nr_completed then tells how many answers before it
- * were applied, and no request is fetched. No other request is disturbed.
+ * An invalid answer (unknown tag, tag not in flight, wrong op, len or
+ * cookie) fails the call with EINVAL; nr_completed then tells how many
+ * answers before it were applied, and no request is fetched. No other
+ * request is disturbed.
+ *
+ * Ownership: a fetched request stays the server's until it answers it or
+ * its fd is closed; the module never ends it under the server's feet, so
+ * the tag and the buffer slot are not reused meanwhile. If one of the
+ * server's requests times out, the module fails the server instead: the
+ * timed-out request ends with ETIMEDOUT, the others it held are queued
+ * again for the next server, and every later SERVE on that fd fails with
+ * ENOTCONN (answers included, none applied). The server then attaches again
+ * (a new fd) to go on serving. Closing a server fd (exit, crash) queues its
+ * held requests again the same way, and a new server may attach at once.
  */
 struct usrbd_serve {
 	__aligned_u64 completions;	/* user address of usrbd_completion[] */

@@ -4,6 +4,7 @@
 //! is the same for a seed however the kernel behaves.
 
 use fastrand::Rng;
+use usrbd::uapi;
 
 /// Indices into `rig::REAL`.
 pub const CREATE: usize = 1;
@@ -87,6 +88,17 @@ pub enum ServeFault {
         ptr: BadPtr,
         n: u32,
     },
+    /// A request in flight answered with a cookie other than its own (an
+    /// earlier or a later fetch of the same tag, or any other number).
+    StaleCookie {
+        pick: u32,
+        delta: u64,
+    },
+    /// An answer already applied, sent again: its tag may be in flight
+    /// again by now, for another request with a newer cookie.
+    Replay {
+        pick: u32,
+    },
     /// A tag in flight on the device's other queue.
     CrossQueue {
         pick: u32,
@@ -100,16 +112,27 @@ pub enum ServeFault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateFault {
     Abi(u32),
-    Reserved { slot: usize, value: u32 },
+    Reserved {
+        slot: usize,
+        value: u32,
+    },
     Flags(u32),
     IndexOutOfRange(u32),
     IndexTaken,
     NameTaken,
     NameNoNul,
     NameSlash,
+    /// A name outside the usrbd prefix, which could squat another driver's.
+    ForeignName(usize),
     Lbs(u32),
-    Pbs { lbs: u32, pbs: u32 },
-    Size { lbs: u32, size: u64 },
+    Pbs {
+        lbs: u32,
+        pbs: u32,
+    },
+    Size {
+        lbs: u32,
+        size: u64,
+    },
     QueuesZero,
     QueuesOver(u32),
     DepthZero,
@@ -350,10 +373,12 @@ fn bad_ptr(rng: &mut Rng) -> BadPtr {
 
 fn create_fault(rng: &mut Rng) -> CreateFault {
     match rng.u32(0..17) {
-        0 => CreateFault::Abi(match rng.u32(0..3) {
+        0 => CreateFault::Abi(match rng.u32(0..4) {
             0 => 0,
-            1 => 2,
-            _ => rng.u32(2..),
+            // The ABI before this one (no cookies) is refused too.
+            1 => uapi::USRBD_ABI_VERSION - 1,
+            2 => uapi::USRBD_ABI_VERSION + 1,
+            _ => rng.u32(uapi::USRBD_ABI_VERSION + 1..),
         }),
         1 => CreateFault::Reserved {
             slot: rng.usize(0..5),
@@ -364,7 +389,8 @@ fn create_fault(rng: &mut Rng) -> CreateFault {
         4 => CreateFault::IndexTaken,
         5 => CreateFault::NameTaken,
         6 => CreateFault::NameNoNul,
-        7 => CreateFault::NameSlash,
+        7 if rng.bool() => CreateFault::NameSlash,
+        7 => CreateFault::ForeignName(rng.usize(..)),
         8 => CreateFault::Lbs(
             [0, 1, 256, 511, 513, 768, 3000, 8192, 65536, u32::MAX][rng.usize(0..10)],
         ),
@@ -420,7 +446,7 @@ fn attach_fault(rng: &mut Rng) -> AttachFault {
 
 fn serve_fault(rng: &mut Rng) -> ServeFault {
     let pick = rng.u32(..);
-    match rng.u32(0..13) {
+    match rng.u32(0..15) {
         0 => ServeFault::TagOutOfRange {
             over: [0, 1, rng.u32(..)][rng.usize(0..3)],
         },
@@ -470,6 +496,11 @@ fn serve_fault(rng: &mut Rng) -> ServeFault {
             n: rng.u32(1..8),
         },
         11 => ServeFault::CrossQueue { pick },
+        12 => ServeFault::StaleCookie {
+            pick,
+            delta: [1, u64::MAX, rng.u64(2..1 << 20), rng.u64(..)][rng.usize(0..4)],
+        },
+        13 => ServeFault::Replay { pick },
         _ => ServeFault::CrossDevice { pick },
     }
 }
@@ -497,7 +528,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(serve.len(), 13);
+        assert_eq!(serve.len(), 15);
     }
 
     #[test]

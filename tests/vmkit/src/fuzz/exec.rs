@@ -17,7 +17,7 @@ use super::rig::{
 
 /// The scratch device that malformed CREATEs aim at (and valid ones make).
 pub const D_SPEC: DeviceSpec = DeviceSpec {
-    name: "vmkitfuzz-d",
+    name: "usrbd-fuzz-d",
     size: 1 << 20,
     queues: 1,
     depth: 2,
@@ -27,7 +27,7 @@ pub const D_SPEC: DeviceSpec = DeviceSpec {
 
 /// The unserved device that destroys and attaches aim at.
 pub const C_SPEC: DeviceSpec = DeviceSpec {
-    name: "vmkitfuzz-c",
+    name: "usrbd-fuzz-c",
     size: 1 << 20,
     queues: 1,
     depth: 2,
@@ -208,7 +208,7 @@ impl Rig {
                 ..Default::default()
             };
             if ioctl_struct(self.ctl(), rig::STATUS, &mut st).is_ok()
-                && uapi::name_from_c(&st.name).starts_with("vmkitfuzz")
+                && uapi::name_from_c(&st.name).starts_with("usrbd-fuzz")
             {
                 let _ = rig::destroy(self.ctl(), *index, true);
             }
@@ -468,8 +468,13 @@ impl Rig {
                 "create:name-no-nul"
             }
             CreateFault::NameSlash => {
-                c.name = uapi::name_to_c("vmkit/fuzz").unwrap_or_default();
+                c.name = uapi::name_to_c("usrbd/fuzz").unwrap_or_default();
                 "create:name-slash"
+            }
+            CreateFault::ForeignName(i) => {
+                const FOREIGN: [&str; 6] = ["sda", "mmcblk0", "foo1", "nvme0n1", "loop7", "usrb"];
+                c.name = uapi::name_to_c(FOREIGN[i % FOREIGN.len()]).unwrap_or_default();
+                "create:foreign-name"
             }
             CreateFault::Lbs(v) => {
                 c.logical_block_size = v;
@@ -741,6 +746,7 @@ impl Rig {
                 | ServeFault::BadResult { .. }
                 | ServeFault::Duplicate { .. }
                 | ServeFault::PrefixThenBad { .. }
+                | ServeFault::StaleCookie { .. }
         );
         if needs_in_flight && st.pending.is_empty() {
             // Fetch something for the fault to aim at; a short wait, since
@@ -767,6 +773,7 @@ impl Rig {
             op,
             result: 0,
             len: if op == uapi::USRBD_OP_FLUSH { 0 } else { 4096 },
+            cookie: 0,
         };
 
         let mut comps: Vec<usrbd_completion> = Vec::new();
@@ -832,6 +839,32 @@ impl Rig {
                     "serve:not-in-flight".into()
                 }
             },
+            ServeFault::StaleCookie { pick: p, delta } => match pick(p, &st) {
+                Some(x) => {
+                    comps.push(usrbd_completion {
+                        cookie: x.answer.cookie.wrapping_add(delta.max(1)),
+                        ..x.answer
+                    });
+                    "serve:stale-cookie".into()
+                }
+                None => {
+                    comps.push(stray(not_in_flight(p, &st), uapi::USRBD_OP_READ));
+                    "serve:not-in-flight".into()
+                }
+            },
+            ServeFault::Replay { pick: p } => {
+                let n = st.answered.len();
+                match st.answered.get(p as usize % n.max(1)) {
+                    Some(a) => {
+                        comps.push(*a);
+                        "serve:replayed-answer".into()
+                    }
+                    None => {
+                        comps.push(stray(not_in_flight(p, &st), uapi::USRBD_OP_READ));
+                        "serve:not-in-flight".into()
+                    }
+                }
+            }
             ServeFault::Duplicate { pick: p } => match pick(p, &st) {
                 Some(x) => {
                     comps.push(x.answer);

@@ -22,6 +22,9 @@ use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_serve};
 /// queue lock: sleeping inside SERVE would hold the lock the fuzzer needs.
 const SERVER_IDLE: Duration = Duration::from_micros(200);
 
+/// Applied answers each queue remembers, for the fuzzer to replay.
+const ANSWERED_KEPT: usize = 64;
+
 /// `_IOC` as asm-generic encodes it (x86, arm, arm64).
 pub const fn ioc(dir: u32, nr: u32, size: u32) -> u32 {
     (dir << 30) | (size << 16) | ((uapi::USRBD_IOCTL_MAGIC as u32) << 8) | nr
@@ -144,6 +147,8 @@ pub struct QueueState {
     /// it during SERVE, which only runs while this state is locked.
     buf: Box<[u8]>,
     pub pending: Vec<Pending>,
+    /// The last answers the kernel applied (their cookies are spent).
+    pub answered: Vec<usrbd_completion>,
     pub gone: bool,
 }
 
@@ -258,6 +263,7 @@ impl Device {
                     state: Mutex::new(QueueState {
                         buf,
                         pending: Vec::new(),
+                        answered: Vec::new(),
                         gone: false,
                     }),
                     wanted: AtomicU32::new(0),
@@ -282,6 +288,7 @@ impl Device {
             op: req.op,
             result: 0,
             len: req.len,
+            cookie: req.cookie,
         };
         let end = req.offset.checked_add(u64::from(req.len));
         let in_range = end.is_some_and(|e| e <= self.size);
@@ -339,6 +346,9 @@ impl Device {
         let result = ioctl_struct(q.fd.as_raw_fd(), SERVE, &mut s);
         let applied = (s.nr_completed as usize).min(answers.len());
         st.pending.drain(..applied);
+        st.answered.extend_from_slice(&answers[..applied]);
+        let old = st.answered.len().saturating_sub(ANSWERED_KEPT);
+        st.answered.drain(..old);
         if let Err(e) = result {
             if e == Errno::EINVAL && !st.pending.is_empty() {
                 // The kernel no longer holds this one (it timed out): drop it.
