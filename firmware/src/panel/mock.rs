@@ -2,7 +2,8 @@
 //! clone and hands the other to the panel.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
 
@@ -87,10 +88,17 @@ impl OutputPin for MockLed {
     }
 }
 
-/// A button a test presses with [`MockButton::set_pressed`].
+/// A button a test presses with [`MockButton::set_pressed`]; it records what
+/// the panel thread sampled, so a test can wait for that thread instead of
+/// guessing how long a loaded machine keeps it off the CPU.
 #[derive(Clone, Debug, Default)]
 pub struct MockButton {
     pressed: Arc<AtomicBool>,
+    samples: Arc<AtomicU32>,
+    /// When the first sample of the current press saw it, and for how long
+    /// the samples since have seen it held.
+    press_seen: Arc<Mutex<Option<Instant>>>,
+    held_seen_ms: Arc<AtomicU64>,
 }
 
 impl MockButton {
@@ -101,6 +109,17 @@ impl MockButton {
     pub fn set_pressed(&self, pressed: bool) {
         self.pressed.store(pressed, Ordering::SeqCst);
     }
+
+    /// Samples taken so far.
+    pub fn samples(&self) -> u32 {
+        self.samples.load(Ordering::SeqCst)
+    }
+
+    /// How long the samples of the current press have seen it held (from
+    /// the first pressed sample to the latest), 0 once released.
+    pub fn held_seen_ms(&self) -> u64 {
+        self.held_seen_ms.load(Ordering::SeqCst)
+    }
 }
 
 impl ErrorType for MockButton {
@@ -109,7 +128,25 @@ impl ErrorType for MockButton {
 
 impl InputPin for MockButton {
     fn is_high(&mut self) -> Result<bool, PinError> {
-        Ok(self.pressed.load(Ordering::SeqCst))
+        let pressed = self.pressed.load(Ordering::SeqCst);
+        let mut since = self
+            .press_seen
+            .lock()
+            .map_err(|_| PinError::from(std::io::Error::other("mock button lock poisoned")))?;
+        let held = match (pressed, *since) {
+            (false, _) => {
+                *since = None;
+                0
+            }
+            (true, None) => {
+                *since = Some(Instant::now());
+                0
+            }
+            (true, Some(first)) => first.elapsed().as_millis() as u64,
+        };
+        self.held_seen_ms.store(held, Ordering::SeqCst);
+        self.samples.fetch_add(1, Ordering::SeqCst);
+        Ok(pressed)
     }
 
     fn is_low(&mut self) -> Result<bool, PinError> {
