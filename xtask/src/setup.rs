@@ -476,7 +476,10 @@ fn ensure_checkpatch(paths: &Paths) -> Result<PathBuf> {
                 .unwrap_or(false)
         })
         .max()
-        .context("linux-source-6.12 is installed but /usr/src has no linux-source-6.12*.tar.xz")?;
+        .context(
+            "checkpatch.pl comes from Debian's linux-source-6.12, but /usr/src has no \
+             linux-source-6.12*.tar.xz (is the package installed?)",
+        )?;
     eprintln!("setup: extracting checkpatch from {}", tarball.display());
     let partial = paths.xdir.join("checkpatch.partial");
     let _ = fs::remove_dir_all(&partial);

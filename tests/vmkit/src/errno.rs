@@ -38,11 +38,7 @@ const CASES: [(Errno, Errno); 12] = [
 ];
 
 pub fn run(_: &Args) -> Result<ExitCode> {
-    let ctl = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/{}", uapi::USRBD_CONTROL_NAME))
-        .context("opening the control device")?;
+    let ctl = rig::open_control()?;
     let ctl = ctl.as_raw_fd();
     let spec = DeviceSpec {
         name: "usrbd-errno",

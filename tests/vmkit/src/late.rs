@@ -128,11 +128,7 @@ fn describe(r: &ReadResult, wanted: u64) -> (String, bool) {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let ctl = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/{}", uapi::USRBD_CONTROL_NAME))
-        .context("opening the control device")?;
+    let ctl = rig::open_control()?;
     let ctl = ctl.as_raw_fd();
     let spec = DeviceSpec {
         name: "usrbd-late",

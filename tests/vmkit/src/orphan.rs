@@ -37,11 +37,7 @@ fn serve(fd: i32, answers: &[usrbd_completion], reqs: &mut [usrbd_request]) -> R
 }
 
 pub fn run(_: &Args) -> Result<ExitCode> {
-    let ctl = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/{}", uapi::USRBD_CONTROL_NAME))
-        .context("opening the control device")?;
+    let ctl = rig::open_control()?;
     let ctl = ctl.as_raw_fd();
     let spec = DeviceSpec {
         name: "usrbd-orphan",

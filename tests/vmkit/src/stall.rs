@@ -224,11 +224,7 @@ fn stall_one(
 }
 
 pub fn run(args: &Args) -> Result<std::process::ExitCode> {
-    let ctl = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/{}", uapi::USRBD_CONTROL_NAME))
-        .context("opening the control device")?;
+    let ctl = rig::open_control()?;
     let mut keep = Vec::new();
     let mut figures = String::new();
     for io in [Io::Read, Io::Write] {

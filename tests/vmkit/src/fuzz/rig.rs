@@ -67,6 +67,18 @@ pub fn raw_ioctl(fd: RawFd, number: u32, arg: usize) -> Result<i32, Errno> {
     Errno::result(unsafe { libc::ioctl(fd, number as _, arg) })
 }
 
+/// The control device, opened as every tool here needs it.
+pub fn open_control() -> Result<OwnedFd> {
+    let path = format!("/dev/{}", uapi::USRBD_CONTROL_NAME);
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("opening {path} (is usrbd.ko loaded?)"))?
+        .into())
+}
+
 pub fn ioctl_struct<T>(fd: RawFd, number: u32, arg: &mut T) -> Result<i32, Errno> {
     raw_ioctl(fd, number, arg as *mut T as usize)
 }
