@@ -452,3 +452,20 @@ crash_payload() {
 	openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass pass:usrbd-crash </dev/zero 2>/dev/null |
 		head -c 5242880
 }
+
+# one_partition NAME: an MBR with one Linux partition from sector 2048
+# (1 MiB) to the end of /dev/NAME, re-read, and /dev/NAMEp1 present.
+one_partition() {
+	printf '\203' >"$USRBD_TMP/type"
+	{
+		dd if=/dev/zero bs=446 count=1 status=none
+		printf '\000\000\000\000'
+		cat "$USRBD_TMP/type"
+		printf '\000\000\000\000\010\000\000\000\370\001\000'
+		dd if=/dev/zero bs=48 count=1 status=none
+		printf '\125\252'
+	} >"$USRBD_TMP/mbr"
+	check "write the partition table" dd if="$USRBD_TMP/mbr" of="/dev/$1" bs=512 count=1 oflag=direct conv=fsync status=none
+	check "re-read the partition table" blockdev --rereadpt "/dev/$1"
+	wait_until 10 "/dev/${1}p1" test -b "/dev/${1}p1"
+}

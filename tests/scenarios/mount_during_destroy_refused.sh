@@ -14,18 +14,7 @@ set -eu
 load_module
 start_server usrbd0 --size 64MiB --backend ram --timeout-ms 30000
 srv=$SERVER_PID
-printf '\203' >"$USRBD_TMP/type"
-{
-	dd if=/dev/zero bs=446 count=1 status=none
-	printf '\000\000\000\000'
-	cat "$USRBD_TMP/type"
-	printf '\000\000\000\000\010\000\000\000\370\001\000'
-	dd if=/dev/zero bs=48 count=1 status=none
-	printf '\125\252'
-} >"$USRBD_TMP/mbr"
-check "write the partition table" dd if="$USRBD_TMP/mbr" of=/dev/usrbd0 bs=512 count=1 oflag=direct conv=fsync status=none
-check "re-read the partition table" blockdev --rereadpt /dev/usrbd0
-wait_until 10 "/dev/usrbd0p1" test -b /dev/usrbd0p1
+one_partition usrbd0
 check "mkfs.ext4 /dev/usrbd0p1" mkfs.ext4 -q -F /dev/usrbd0p1
 sleep 600 </dev/usrbd0p1 &
 holder=$!

@@ -199,8 +199,7 @@ fn network_env() -> Vec<String> {
         .collect()
 }
 
-/// The package names of the list, each as apt should install it: from the
-/// backports suite where the listed version came from there.
+/// The text of the new machine's package list.
 fn package_list(paths: &Paths) -> Result<String> {
     let path = env::var_os("USRBD_FRESH_PACKAGES")
         .map_or_else(|| paths.repo.join(PACKAGE_LIST), PathBuf::from);
