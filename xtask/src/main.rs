@@ -24,8 +24,8 @@ usage: cargo xtask <task> [options]
 tasks:
   test        host checks, module build, then every VM scenario
   demo        build and boot the appliance in QEMU, format, write, press the button
-              (test and demo take --clean-room: run inside a fresh root that has
-              only a new machine's packages; `test --clean-room` is what CI runs)
+              (test, demo and cross-rs take --clean-room: run inside a fresh root
+              that has only a new machine's packages; `test --clean-room` is what CI runs)
   vm          interactive shell in the test VM
   kmod        build usrbd.ko against the test kernel's headers
   cross       build service and module for aarch64 and armv7
@@ -43,7 +43,9 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
-    if matches!(task.as_str(), "test" | "demo") && rest.iter().any(|a| a == "--clean-room") {
+    if matches!(task.as_str(), "test" | "demo" | "cross-rs")
+        && rest.iter().any(|a| a == "--clean-room")
+    {
         let inner: Vec<String> = rest.into_iter().filter(|a| a != "--clean-room").collect();
         return cleanroom::run(&task, &inner);
     }

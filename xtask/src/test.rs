@@ -287,7 +287,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
         }
     }
-    // The ARM tiers are whole-system checks, left out of the quick loops.
+    // The ARM tiers and cross-rs are whole-system checks, left out of the quick loops.
     if !opts.vm_only && opts.filters.is_empty() {
         report.tier(
             "arm64 tier (cargo xtask cross --vm)",
@@ -296,6 +296,10 @@ pub fn run(args: &[String]) -> Result<()> {
         report.tier(
             "image tier (cargo xtask image + run-image)",
             crate::image::image_tier,
+        );
+        report.step(
+            "cross-rs (cross build --release, aarch64 + armv7, Podman)",
+            || crate::cross_rs::check(&paths),
         );
     }
     report.finish()
