@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd;
 use crate::module;
-use crate::setup::{self, Paths, Scope};
+use crate::setup::{self, apt, Paths, Scope};
 use crate::test::build_release;
 use crate::vm::Vm;
 use results::{Table, JOBS, SYSTEMS};
@@ -130,9 +130,8 @@ fn ensure_rublk(paths: &Paths) -> Result<PathBuf> {
     if bin.exists() {
         return Ok(bin);
     }
-    if !cmd::succeeds(Command::new("dpkg-query").args(["-W", "libclang-dev"])) {
-        bail!("building rublk needs libclang-dev (bindgen): apt-get install libclang-dev");
-    }
+    // bindgen (a build dependency of rublk) loads libclang.
+    apt::install_missing(&["libclang-dev"]).context("installing libclang-dev for rublk")?;
     eprintln!("xtask: building rublk {RUBLK_VERSION} from crates.io (once, ~4 min on 2 cores)");
     cmd::run(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
