@@ -77,10 +77,13 @@ fn install_with(extra: &[&str], pkgs: &[impl AsRef<str>], envs: &[(&str, &str)])
     let mut args: Vec<&str> = vec!["install"];
     args.extend_from_slice(extra);
     args.extend(pkgs.iter().map(AsRef::as_ref));
-    // One retry: a mirror hiccup should not cost a CI run.
+    // One retry after refreshing the indexes: a fresh machine may have
+    // none (`Unable to locate package`), stale ones name files the mirror
+    // has dropped, and a mirror hiccup should not cost a CI run.
     if let Err(first) = apt_get_with(&args, envs) {
-        eprintln!("apt: retrying after: {first:#}");
+        eprintln!("apt: updating the indexes and retrying after: {first:#}");
         std::thread::sleep(Duration::from_secs(10));
+        update();
         apt_get_with(&args, envs).with_context(|| format!("installing {}", args[1..].join(" ")))?;
     }
     Ok(())
