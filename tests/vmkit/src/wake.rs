@@ -7,7 +7,10 @@
 //! while another thread of the same server sleeps in SERVE. The 1 MiB copy
 //! leaves the sleeper time to look at the empty queue and sleep again;
 //! only the wake-up in usrbd_requeue() tells it the WRITE is back. Without
-//! it the WRITE waits for the sleeper's own 10 s wait_ms to run out.
+//! it the WRITE waits for the sleeper's own 10 s wait_ms to run out. The
+//! poller runs on CPU 0, the sleeper and the writer on CPU 1: the writer
+//! queues the WRITE and wakes the sleeper, but the sleeper only runs once
+//! the writer waits, by when the poller has taken the WRITE.
 //!
 //! Unbound: a thread holds a request past its timeout while a second
 //! thread sleeps in SERVE on the same fd with no time limit; the timeout
@@ -43,6 +46,18 @@ const MAX_IO: u32 = 1 << 20;
 const DEPTH: u32 = 4;
 /// The sleeping thread's wait_ms: far above stall_ms.
 const SLEEPER_WAIT_MS: u32 = 10_000;
+
+/// Keeps the calling thread on `cpu` (best effort: a one-CPU guest merely
+/// makes the give-back rarer, which the round counts show).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it
+    // and sched_setaffinity(0) only changes the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
 
 /// One SERVE on `fd`; the requests fetched, or the errno.
 fn serve(
@@ -98,11 +113,12 @@ fn create(ctl: RawFd, name: &'static str, timeout_ms: u32) -> Result<(u32, PathB
     Ok((c.index, path))
 }
 
-/// A 1 MiB direct write at `offset` in a thread: how long it took.
+/// A 1 MiB direct write at `offset` in a thread on CPU 1: how long it took.
 fn write_async(path: &Path, offset: u64) -> Result<mpsc::Receiver<std::io::Result<Duration>>> {
     let file = rig::open_direct(path)?;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
+        pin_to(1);
         let mut buf = AlignedBuf::new(MAX_IO as usize);
         buf.bytes_mut().fill(0xa5);
         let t = Instant::now();
@@ -143,6 +159,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 /// The sleeping thread: serves (answers every WRITE) until the device is gone.
 fn spawn_sleeper(fd: RawFd) -> thread::JoinHandle<()> {
     thread::spawn(move || {
+        pin_to(1);
         let mut reqs = vec![usrbd_request::default(); DEPTH as usize];
         let mut answers: Vec<usrbd_completion> = Vec::new();
         loop {
@@ -183,6 +200,7 @@ fn given_back(ctl: RawFd, index: u32, path: &Path, args: &Args) -> Result<bool> 
         let poller = {
             let (stop, bad) = (Arc::clone(&stop), Arc::clone(&bad));
             thread::spawn(move || -> Option<Instant> {
+                pin_to(0);
                 let reqs = bad.inaccessible() as u64;
                 while !stop.load(Ordering::Relaxed) {
                     match serve(raw, &[], reqs, 1, 0) {
