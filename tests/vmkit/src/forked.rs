@@ -32,6 +32,11 @@ pub struct Args {
     /// How long the checkers run while the server forks.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// Two queues attached USRBD_ATTACH_LINEAR to one image (as the RAM
+    /// backend attaches), written a 512-byte sector at a time: the two
+    /// queues' copies then land in the same pages.
+    #[arg(long)]
+    linear: bool,
 }
 
 const BLOCK: usize = 4096;
@@ -70,6 +75,8 @@ struct Held {
 
 struct Server {
     fd: RawFd,
+    /// Per-tag slots and the store they are copied to and from; empty for
+    /// a linear server, whose buffer is the image the module copies to.
     buf: Box<[u8]>,
     store: Vec<u8>,
 }
@@ -85,7 +92,10 @@ impl Server {
         };
         let (off, len) = (r.offset as usize, r.len as usize);
         let slot = r.tag as usize * MAX_IO as usize;
-        let fits = r.tag < DEPTH && len <= MAX_IO as usize && off + len <= self.store.len();
+        let fits = r.tag < DEPTH && len <= MAX_IO as usize && off + len <= SIZE as usize;
+        if self.store.is_empty() && fits {
+            return c;
+        }
         match r.op {
             uapi::USRBD_OP_READ if fits => {
                 self.buf[slot..slot + len].copy_from_slice(&self.store[off..off + len])
@@ -106,7 +116,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let spec = DeviceSpec {
         name: "usrbd-forked",
         size: SIZE,
-        queues: 1,
+        queues: if args.linear { 2 } else { 1 },
         depth: DEPTH,
         max_io: MAX_IO,
         flags: 0,
@@ -122,55 +132,58 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 }
 
 fn scenario(ctl: RawFd, index: u32, path: &Path, args: &Args) -> Result<ExitCode> {
-    let buf = vec![0u8; (DEPTH * MAX_IO) as usize].into_boxed_slice();
-    let fd =
-        rig::attach(ctl, index, 0, buf.as_ptr() as u64, buf.len() as u64).context("attaching")?;
-    let mut srv = Server {
-        fd: fd.as_raw_fd(),
-        buf,
-        store: vec![0u8; SIZE as usize],
-    };
+    // The linear image: both queues' server buffer.
+    let image = vec![0u8; if args.linear { SIZE as usize } else { 0 }].into_boxed_slice();
+    let mut fds = Vec::new();
+    let mut servers = Vec::new();
+    for q in 0..if args.linear { 2 } else { 1 } {
+        let srv = if args.linear {
+            let mut a = uapi::usrbd_attach {
+                index,
+                queue: q,
+                buf_addr: image.as_ptr() as u64,
+                buf_len: SIZE,
+                flags: uapi::USRBD_ATTACH_LINEAR,
+                ..Default::default()
+            };
+            let fd = rig::ioctl_struct(ctl, rig::ATTACH, &mut a)
+                .with_context(|| format!("attaching queue {q} linear"))?;
+            // SAFETY: ATTACH returned a new fd that nothing else owns.
+            fds.push(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            Server {
+                fd,
+                buf: Box::default(),
+                store: Vec::new(),
+            }
+        } else {
+            let buf = vec![0u8; (DEPTH * MAX_IO) as usize].into_boxed_slice();
+            let fd = rig::attach(ctl, index, 0, buf.as_ptr() as u64, buf.len() as u64)
+                .context("attaching")?;
+            let raw = fd.as_raw_fd();
+            fds.push(fd);
+            Server {
+                fd: raw,
+                buf,
+                store: vec![0u8; SIZE as usize],
+            }
+        };
+        servers.push(srv);
+    }
     let held = Arc::new(Held::default());
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
 
-    let server = {
-        let (held, served) = (Arc::clone(&held), Arc::clone(&served));
-        thread::spawn(move || -> Result<()> {
-            let mut reqs = vec![usrbd_request::default(); DEPTH as usize];
-            let mut answers: Vec<usrbd_completion> = Vec::new();
-            loop {
-                let mut s = usrbd_serve {
-                    completions: answers.as_ptr() as u64,
-                    requests: reqs.as_mut_ptr() as u64,
-                    nr_completions: answers.len() as u32,
-                    max_requests: DEPTH,
-                    wait_ms: 200,
-                    ..Default::default()
-                };
-                held.valid.store(false, Ordering::SeqCst);
-                rig::ioctl_struct(srv.fd, rig::SERVE, &mut s)
-                    .with_context(|| format!("the server's SERVE ({} answers)", answers.len()))?;
-                served.fetch_add(u64::from(s.nr_completed), Ordering::Relaxed);
-                if s.events & uapi::USRBD_EV_GONE != 0 {
-                    return Ok(());
-                }
-                let n = s.nr_requests.min(DEPTH) as usize;
-                if let Some(r) = reqs[..n].first() {
-                    held.tag.store(r.tag, Ordering::SeqCst);
-                    held.op.store(r.op, Ordering::SeqCst);
-                    held.len.store(r.len, Ordering::SeqCst);
-                    held.cookie.store(r.cookie, Ordering::SeqCst);
-                    held.valid.store(true, Ordering::SeqCst);
-                }
-                answers = reqs[..n].iter().map(|r| srv.process(r)).collect();
-            }
+    let servers: Vec<_> = servers
+        .into_iter()
+        .enumerate()
+        .map(|(q, srv)| {
+            let (held, served) = (Arc::clone(&held), Arc::clone(&served));
+            thread::spawn(move || serve_loop(srv, (q == 0).then_some(&*held), &served))
         })
-    };
-
+        .collect();
+    let fd = fds[0].as_raw_fd();
     let forker = {
         let (held, stop) = (Arc::clone(&held), Arc::clone(&stop));
-        let fd = fd.as_raw_fd();
         thread::spawn(move || fork_loop(fd, &held, &stop))
     };
 
@@ -186,8 +199,14 @@ fn scenario(ctl: RawFd, index: u32, path: &Path, args: &Args) -> Result<ExitCode
                 Arc::clone(&checked),
                 Arc::clone(&problems),
             );
+            let linear = args.linear;
             Ok(thread::spawn(move || {
-                if let Err(e) = check_loop(&file, k, deadline, &wrong, &checked) {
+                let r = if linear {
+                    check_sectors(&file, k, deadline, &wrong, &checked)
+                } else {
+                    check_loop(&file, k, deadline, &wrong, &checked)
+                };
+                if let Err(e) = r {
                     problems
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -204,10 +223,17 @@ fn scenario(ctl: RawFd, index: u32, path: &Path, args: &Args) -> Result<ExitCode
         .join()
         .map_err(|_| anyhow::anyhow!("the forking thread panicked"))??;
     rig::destroy(ctl, index, true).context("destroying usrbd-forked")?;
-    let server_result = server
-        .join()
-        .map_err(|_| anyhow::anyhow!("the server thread panicked"))?;
-    drop(fd);
+    let mut server_result = Ok(());
+    for s in servers {
+        let r = s
+            .join()
+            .map_err(|_| anyhow::anyhow!("a server thread panicked"))?;
+        if server_result.is_ok() {
+            server_result = r;
+        }
+    }
+    drop(fds);
+    drop(image);
 
     let wrong = wrong.load(Ordering::Relaxed);
     let checked = checked.load(Ordering::Relaxed);
@@ -231,8 +257,9 @@ fn scenario(ctl: RawFd, index: u32, path: &Path, args: &Args) -> Result<ExitCode
         println!("forked: the server failed: {e:#}");
     }
     println!(
-        "FIGURES forked forks={} children_refused={} child_accepted={} blocks_checked={checked} \
+        "FIGURES forked linear={} forks={} children_refused={} child_accepted={} blocks_checked={checked} \
          wrong_blocks={wrong}",
+        u8::from(args.linear),
         forks.total,
         forks.refused,
         forks.answer_accepted + forks.fetch_accepted
@@ -248,6 +275,41 @@ fn scenario(ctl: RawFd, index: u32, path: &Path, args: &Args) -> Result<ExitCode
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Serves one queue until the device is gone; with `held`, publishes a
+/// request it holds for the children to try to answer.
+fn serve_loop(mut srv: Server, held: Option<&Held>, served: &AtomicU64) -> Result<()> {
+    let mut reqs = vec![usrbd_request::default(); DEPTH as usize];
+    let mut answers: Vec<usrbd_completion> = Vec::new();
+    loop {
+        let mut s = usrbd_serve {
+            completions: answers.as_ptr() as u64,
+            requests: reqs.as_mut_ptr() as u64,
+            nr_completions: answers.len() as u32,
+            max_requests: DEPTH,
+            wait_ms: 200,
+            ..Default::default()
+        };
+        if let Some(h) = held {
+            h.valid.store(false, Ordering::SeqCst);
+        }
+        rig::ioctl_struct(srv.fd, rig::SERVE, &mut s)
+            .with_context(|| format!("the server's SERVE ({} answers)", answers.len()))?;
+        served.fetch_add(u64::from(s.nr_completed), Ordering::Relaxed);
+        if s.events & uapi::USRBD_EV_GONE != 0 {
+            return Ok(());
+        }
+        let n = s.nr_requests.min(DEPTH) as usize;
+        if let (Some(h), Some(r)) = (held, reqs[..n].first()) {
+            h.tag.store(r.tag, Ordering::SeqCst);
+            h.op.store(r.op, Ordering::SeqCst);
+            h.len.store(r.len, Ordering::SeqCst);
+            h.cookie.store(r.cookie, Ordering::SeqCst);
+            h.valid.store(true, Ordering::SeqCst);
+        }
+        answers = reqs[..n].iter().map(|r| srv.process(r)).collect();
+    }
 }
 
 #[derive(Default)]
@@ -385,6 +447,57 @@ fn check_loop(
                 }
                 checked.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+    Ok(())
+}
+
+/// Checker `k` of a linear device, on CPU `k` (so its requests go to queue
+/// `k`): single 512-byte sectors, the ones whose number is `k` mod 2, so
+/// every page of the image takes copies from both queues.
+fn check_sectors(
+    file: &std::fs::File,
+    k: u64,
+    deadline: Instant,
+    wrong: &AtomicU64,
+    checked: &AtomicU64,
+) -> Result<()> {
+    const SECTOR: usize = 512;
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it and
+    // sched_setaffinity(0) only moves the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(k as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    // The first 4 MiB: dense enough that both queues hit the same pages.
+    let sectors = (4 << 20) / SECTOR as u64 / 2;
+    let mut gens = vec![0u32; sectors as usize];
+    let mut rng = fastrand::Rng::with_seed(k + 11);
+    let mut buf = AlignedBuf::new(SECTOR);
+    let mut expect = vec![0u8; SECTOR];
+    let mut gen = 0u32;
+    while Instant::now() < deadline {
+        let i = rng.u64(0..sectors);
+        let sector = i * 2 + k;
+        let off = sector * SECTOR as u64;
+        if rng.bool() {
+            gen += 1;
+            fill_block(buf.bytes_mut(), sector, gen);
+            gens[i as usize] = gen;
+            file.write_all_at(buf.bytes(), off)
+                .with_context(|| format!("writing sector {sector}"))?;
+        } else {
+            file.read_exact_at(buf.bytes_mut(), off)
+                .with_context(|| format!("reading sector {sector}"))?;
+            fill_block(&mut expect, sector, gens[i as usize]);
+            if buf.bytes() != expect.as_slice() && wrong.fetch_add(1, Ordering::Relaxed) < 10 {
+                println!(
+                    "forked: sector {sector} is not generation {} (WRONG DATA)",
+                    gens[i as usize]
+                );
+            }
+            checked.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())
