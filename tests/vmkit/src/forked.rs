@@ -43,7 +43,11 @@ const BLOCK: usize = 4096;
 const DEPTH: u32 = 16;
 const MAX_IO: u32 = 64 << 10;
 const SIZE: u64 = 32 << 20;
-const CHECKERS: u64 = 2;
+/// Checkers of per-tag slots: each keeps up to two 64 KiB WRITEs queued,
+/// so a fetch after a fork finds many slots write-protected at once.
+const SLOT_CHECKERS: u64 = 8;
+/// Checkers of a linear image: one per queue (and CPU).
+const LINEAR_CHECKERS: u64 = 2;
 
 /// Child exit codes.
 const CHILD_REFUSED: i32 = 0;
@@ -191,7 +195,12 @@ fn scenario(ctl: RawFd, index: u32, path: &Path, args: &Args) -> Result<ExitCode
     let checked = Arc::new(AtomicU64::new(0));
     let problems = Arc::new(Mutex::new(Vec::<String>::new()));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let checkers: Vec<_> = (0..CHECKERS)
+    let nr_checkers = if args.linear {
+        LINEAR_CHECKERS
+    } else {
+        SLOT_CHECKERS
+    };
+    let checkers: Vec<_> = (0..nr_checkers)
         .map(|k| {
             let file = rig::open_direct(path)?;
             let (wrong, checked, problems) = (
@@ -403,7 +412,7 @@ fn child(fd: RawFd, answer: Option<&usrbd_completion>, req: &mut usrbd_request) 
     }
 }
 
-/// Checker `k`: writes and reads back extents of its own quarter of the
+/// Checker `k`: writes and reads back extents of its own eighth of the
 /// device until `deadline`, counting blocks that are not the last written.
 fn check_loop(
     file: &std::fs::File,
@@ -412,7 +421,7 @@ fn check_loop(
     wrong: &AtomicU64,
     checked: &AtomicU64,
 ) -> Result<()> {
-    let blocks = SIZE / BLOCK as u64 / 4;
+    let blocks = SIZE / BLOCK as u64 / SLOT_CHECKERS;
     let first = k * blocks;
     let mut gens = vec![0u32; blocks as usize];
     let mut rng = fastrand::Rng::with_seed(k + 7);

@@ -47,6 +47,9 @@ pub const E_SPEC: DeviceSpec = DeviceSpec {
     flags: 0,
 };
 const E_TIMEOUT_MS: u32 = 1000;
+/// Timeout cases per run: each waits 1-2 s, and 100 000 cases would
+/// otherwise spend minutes on them. Later ones re-attach instead.
+const TIMEOUT_CASES: u32 = 5;
 
 const SCRATCH: usize = 1 << 14;
 
@@ -131,6 +134,7 @@ pub struct Rig {
     c_buf: Box<[u8]>,
     a_buf: Box<[u8]>,
     e_buf: Box<[u8]>,
+    timeouts_run: u32,
 }
 
 fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
@@ -163,6 +167,7 @@ impl Rig {
             c_buf: vec![0u8; need(C_SPEC.depth, C_SPEC.max_io)].into_boxed_slice(),
             e_buf: vec![0u8; need(E_SPEC.depth, E_SPEC.max_io)].into_boxed_slice(),
             e,
+            timeouts_run: 0,
             a_buf: vec![0u8; need(a.depth, a.max_io)].into_boxed_slice(),
             ctl,
             limits,
@@ -1029,8 +1034,9 @@ impl Rig {
     fn stale(&mut self, f: StaleAnswer, case: &Case, tally: &mut Tally) {
         let (offset, timeout) = match f {
             StaleAnswer::AfterReattach { offset } => (offset, false),
-            StaleAnswer::AfterTimeout { offset } => (offset, true),
+            StaleAnswer::AfterTimeout { offset } => (offset, self.timeouts_run < TIMEOUT_CASES),
         };
+        self.timeouts_run += u32::from(timeout);
         let Some(fd1) = self.attach_e(tally) else {
             return;
         };
