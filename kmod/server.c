@@ -391,6 +391,7 @@ static void usrbd_wait_for_work(struct usrbd_server *srv, u32 wait_ms)
 static int usrbd_fetch(struct usrbd_server *srv, struct usrbd_request __user *ureq,
 		       u32 max, u32 wait_ms, u32 *nr, u32 *events)
 {
+	void __user *last_fault = NULL;
 	unsigned int faults = 0;
 	bool waited = false;
 
@@ -405,10 +406,21 @@ static int usrbd_fetch(struct usrbd_server *srv, struct usrbd_request __user *ur
 			if (got == -ENOTCONN)
 				return got;
 			if (got == -EAGAIN) {
+				/*
+				 * A fork write-protects the whole buffer, so each
+				 * request of a chunk may fault once: only the same
+				 * buffer faulting again (reclaim) uses up the retries.
+				 */
+				if (fault != last_fault)
+					faults = 0;
+				last_fault = fault;
 				/* Without writing: the buffer may be a linear device. */
 				if (faults++ < USRBD_FAULT_RETRIES &&
 				    !fault_in_safe_writeable(fault, fault_len))
 					continue;
+				pr_warn_ratelimited("%s: queue %u: serve: server buffer at %#lx cannot be faulted in (%u tries)\n",
+						    srv->dev->name, srv->q->index,
+						    (unsigned long)fault, faults);
 				/* Requests already handed over must be reported. */
 				return *nr ? 0 : -EFAULT;
 			}

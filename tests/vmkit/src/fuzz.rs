@@ -155,8 +155,10 @@ fn fuzz(
             let _ = rig::destroy(raw, dev.index, true);
         }
     }
-    if let Err(e) = rig::destroy(raw, rig.c.index, true) {
-        health.report(format!("destroy of {}: {e}", rig.c.name));
+    for dev in [&rig.c, &rig.e] {
+        if let Err(e) = rig::destroy(raw, dev.index, true) {
+            health.report(format!("destroy of {}: {e}", dev.name));
+        }
     }
     stop_servers.store(true, Ordering::Relaxed);
     for s in servers {

@@ -9,6 +9,7 @@ mod ackcheck;
 mod ackwrite;
 mod block;
 mod errno;
+mod forked;
 mod fuzz;
 mod late;
 mod leds_check;
@@ -17,6 +18,7 @@ mod panel;
 mod stall;
 mod stamp;
 mod stop;
+mod wake;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -47,6 +49,10 @@ enum Cmd {
     Orphan(orphan::Args),
     /// A server answering with assorted errnos: the reader sees disk errors only
     Errno(errno::Args),
+    /// A server forking while it serves: no wrong block, children refused
+    Forked(forked::Args),
+    /// A request given back to the queue must wake a server asleep in SERVE
+    Wake(wake::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
         Cmd::Stamp(a) => stamp::run(a),
         Cmd::Orphan(a) => orphan::run(a),
         Cmd::Errno(a) => errno::run(a),
+        Cmd::Wake(a) => wake::run(a),
+        Cmd::Forked(a) => forked::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmkit: {e:#}");

@@ -171,10 +171,28 @@ pub enum AttachFault {
     BufNonCanonical,
     BufShort(u32),
     BufZeroLen,
+    /// buf_addr this many bytes below 2^64 (1 ..= the size needed, maybe
+    /// linear): buf_addr + need wraps, which a 32-bit kernel's pointer
+    /// arithmetic would not notice.
+    BufWraps {
+        below_top: u64,
+        linear: bool,
+    },
     /// A queue already served by the fuzzer.
     Busy,
     /// The same free queue twice.
     Twice,
+}
+
+/// A correct answer made stale by what happened to its fetch since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleAnswer {
+    /// The server fd was closed and the queue attached again: the old
+    /// answer on the new fd, before and after the request is fetched again.
+    AfterReattach { offset: u32 },
+    /// The request timed out while held: the answer on the unbound fd, and
+    /// on a new one.
+    AfterTimeout { offset: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +249,8 @@ pub enum Case {
         ioctl: usize,
         seed: u64,
     },
+    /// On device E, which nothing else serves.
+    Stale(StaleAnswer),
     Valid(ValidOp),
 }
 
@@ -250,6 +270,7 @@ impl Case {
             Case::ArgPointer { .. } => "arg-pointer",
             Case::Serve { .. } => "serve",
             Case::RandomStruct { .. } => "random-struct",
+            Case::Stale(_) => "stale-answer",
             Case::Valid(_) => "valid",
         }
     }
@@ -315,6 +336,16 @@ fn case(rng: &mut Rng) -> Case {
             ioctl: [CREATE, DESTROY, STATUS, ATTACH, SERVE][rng.usize(0..5)],
             seed: rng.u64(..),
         },
+        // A timeout takes 1-2 s: the rig runs only a few (Rig::stale).
+        90 => Case::Stale(if rng.u32(0..5) == 0 {
+            StaleAnswer::AfterTimeout {
+                offset: rng.u32(..),
+            }
+        } else {
+            StaleAnswer::AfterReattach {
+                offset: rng.u32(..),
+            }
+        }),
         // Adding a disk is slow (tens of ms under emulation): rarely.
         _ => Case::Valid(match rng.u32(0..100) {
             0..=9 => ValidOp::Version,
@@ -428,9 +459,13 @@ fn create_fault(rng: &mut Rng) -> CreateFault {
 }
 
 fn attach_fault(rng: &mut Rng) -> AttachFault {
-    match rng.u32(0..12) {
+    match rng.u32(0..13) {
         0 => AttachFault::Flags(rng.u32(..) | 1 << rng.u32(1..32)),
         11 => AttachFault::LinearShort(rng.u32(..)),
+        12 => AttachFault::BufWraps {
+            below_top: rng.u64(..),
+            linear: rng.bool(),
+        },
         1 => AttachFault::Reserved(nonzero(rng)),
         2 => AttachFault::Index(index_fault(rng)),
         3 => AttachFault::Queue(rng.u32(..)),
@@ -520,7 +555,7 @@ mod tests {
     fn every_family_and_serve_fault_is_drawn() {
         let cases = generate(7, 20_000);
         let families: BTreeSet<_> = cases.iter().map(|c| c.family()).collect();
-        assert_eq!(families.len(), 13, "{families:?}");
+        assert_eq!(families.len(), 14, "{families:?}");
         let serve: std::collections::HashSet<_> = cases
             .iter()
             .filter_map(|c| match c {

@@ -8,7 +8,8 @@ use nix::errno::Errno;
 use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_serve};
 
 use super::cases::{
-    AttachFault, BadPtr, Case, CreateFault, DestroyFault, IndexFault, LenFault, ServeFault, ValidOp,
+    AttachFault, BadPtr, Case, CreateFault, DestroyFault, IndexFault, LenFault, ServeFault,
+    StaleAnswer, ValidOp,
 };
 use super::rig::{
     self, create_struct, ioctl_struct, raw_ioctl, BadMemory, Device, DeviceSpec, Health,
@@ -34,6 +35,21 @@ pub const C_SPEC: DeviceSpec = DeviceSpec {
     max_io: 4096,
     flags: 0,
 };
+
+/// The device the stale-answer cases serve themselves (attach, fetch,
+/// close, attach again), with a short timeout for the timeout case.
+pub const E_SPEC: DeviceSpec = DeviceSpec {
+    name: "usrbd-fuzz-e",
+    size: 1 << 20,
+    queues: 1,
+    depth: 2,
+    max_io: 4096,
+    flags: 0,
+};
+const E_TIMEOUT_MS: u32 = 1000;
+/// Timeout cases per run: each waits 1-2 s, and 100 000 cases would
+/// otherwise spend minutes on them. Later ones re-attach instead.
+const TIMEOUT_CASES: u32 = 5;
 
 const SCRATCH: usize = 1 << 14;
 
@@ -111,11 +127,14 @@ pub struct Rig {
     pub a: Arc<Device>,
     pub b: Arc<Device>,
     pub c: Device,
+    pub e: Device,
     pub bad: BadMemory,
     pub health: Arc<Health>,
     /// Buffers big enough for C's and A's queues, for attach attempts.
     c_buf: Box<[u8]>,
     a_buf: Box<[u8]>,
+    e_buf: Box<[u8]>,
+    timeouts_run: u32,
 }
 
 fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
@@ -143,8 +162,12 @@ impl Rig {
         health: Arc<Health>,
     ) -> anyhow::Result<Self> {
         let c = Device::create(ctl.as_raw_fd(), &C_SPEC, false)?;
+        let e = Device::create_with_timeout(ctl.as_raw_fd(), &E_SPEC, false, E_TIMEOUT_MS)?;
         Ok(Self {
             c_buf: vec![0u8; need(C_SPEC.depth, C_SPEC.max_io)].into_boxed_slice(),
+            e_buf: vec![0u8; need(E_SPEC.depth, E_SPEC.max_io)].into_boxed_slice(),
+            e,
+            timeouts_run: 0,
             a_buf: vec![0u8; need(a.depth, a.max_io)].into_boxed_slice(),
             ctl,
             limits,
@@ -200,7 +223,7 @@ impl Rig {
             // SAFETY: ATTACH returned this fd and nothing else owns it.
             drop(unsafe { OwnedFd::from_raw_fd(ret) });
         }
-        let ours = [self.a.index, self.b.index, self.c.index];
+        let ours = [self.a.index, self.b.index, self.c.index, self.e.index];
         let listed = self.list();
         for index in listed.iter().filter(|i| !ours.contains(i)) {
             let mut st = uapi::usrbd_status {
@@ -219,6 +242,14 @@ impl Rig {
                 Err(e) => self
                     .health
                     .report(format!("recreating {}: {e:#}", C_SPEC.name)),
+            }
+        }
+        if !listed.contains(&self.e.index) {
+            match Device::create_with_timeout(self.ctl(), &E_SPEC, false, E_TIMEOUT_MS) {
+                Ok(e) => self.e = e,
+                Err(e) => self
+                    .health
+                    .report(format!("recreating {}: {e:#}", E_SPEC.name)),
             }
         }
     }
@@ -429,6 +460,7 @@ impl Rig {
             }
             Case::Serve { target, fault } => self.serve(target, fault, case, tally),
             Case::RandomStruct { ioctl, seed } => self.random_struct(ioctl, seed, case, tally),
+            Case::Stale(f) => self.stale(f, case, tally),
             Case::Valid(op) => self.valid(op, tally),
         }
     }
@@ -563,6 +595,16 @@ impl Rig {
             AttachFault::BufNonCanonical => {
                 a.buf_addr = NONCANONICAL_ADDR;
                 "attach:buf-noncanonical"
+            }
+            AttachFault::BufWraps { below_top, linear } => {
+                // The buffer is long enough; only its end lies past 2^64.
+                let need = if linear { C_SPEC.size } else { need };
+                if linear {
+                    a.flags = uapi::USRBD_ATTACH_LINEAR;
+                    a.buf_len = need;
+                }
+                a.buf_addr = 0u64.wrapping_sub(1 + below_top % need);
+                "attach:buf-wraps"
             }
             AttachFault::BufShort(n) => {
                 a.buf_len = need - 1 - u64::from(n) % need;
@@ -972,4 +1014,162 @@ impl Rig {
             }
         }
     }
+
+    /// Attaches E's queue 0 with its buffer.
+    fn attach_e(&self, tally: &mut Tally) -> Option<OwnedFd> {
+        let r = rig::attach(
+            self.ctl(),
+            self.e.index,
+            0,
+            self.e_buf.as_ptr() as u64,
+            self.e_buf.len() as u64,
+        );
+        let ok = tally.valid(
+            "ATTACH E",
+            r.as_ref().map(|fd| fd.as_raw_fd()).map_err(|e| *e),
+        );
+        r.ok().filter(|_| ok)
+    }
+
+    fn stale(&mut self, f: StaleAnswer, case: &Case, tally: &mut Tally) {
+        let (offset, timeout) = match f {
+            StaleAnswer::AfterReattach { offset } => (offset, false),
+            StaleAnswer::AfterTimeout { offset } => (offset, self.timeouts_run < TIMEOUT_CASES),
+        };
+        self.timeouts_run += u32::from(timeout);
+        let Some(fd1) = self.attach_e(tally) else {
+            return;
+        };
+        let file = match rig::open_direct(&self.e.path()) {
+            Ok(f) => f,
+            Err(e) => {
+                tally.valid_failed.push(format!("opening E: {e:#}"));
+                return;
+            }
+        };
+        let at = u64::from(offset) % (E_SPEC.size / 4096) * 4096;
+        let reader = std::thread::spawn(move || {
+            let mut b = rig::AlignedBuf::new(4096);
+            std::os::unix::fs::FileExt::read_exact_at(&file, b.bytes_mut(), at)
+        });
+        let first = e_fetch(fd1.as_raw_fd(), 5000);
+        tally.valid(
+            "SERVE fetch E",
+            first.as_ref().map(|r| r.len() as i32).map_err(|e| *e),
+        );
+        let Some(r1) = first.ok().and_then(|r| r.first().copied()) else {
+            tally
+                .valid_failed
+                .push("E: the READ was not fetched in 5 s".into());
+            self.drain_e(fd1, reader, tally);
+            return;
+        };
+        let old = answer_of(&r1);
+        if timeout {
+            // Held past its timeout: the READ fails and the server is unbound.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !reader.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            match reader.is_finished().then(|| reader.join()) {
+                Some(Ok(Err(_))) => {}
+                Some(Ok(Ok(()))) => tally.violations.push(format!(
+                    "stale: a READ held past its timeout succeeded: {case:?}"
+                )),
+                _ => tally.violations.push(format!(
+                    "stale: a held READ did not time out in 10 s: {case:?}"
+                )),
+            }
+            let r = e_answer(fd1.as_raw_fd(), &old);
+            tally.malformed("stale:after-timeout-unbound-fd", r, case);
+            let Some(fd2) = self.attach_e(tally) else {
+                return;
+            };
+            let r = e_answer(fd2.as_raw_fd(), &old);
+            tally.malformed("stale:after-timeout-new-fd", r, case);
+            return;
+        }
+        // Closing the fd gives the READ back to the queue.
+        drop(fd1);
+        let Some(fd2) = self.attach_e(tally) else {
+            return;
+        };
+        let r = e_answer(fd2.as_raw_fd(), &old);
+        tally.malformed("stale:after-reattach-not-fetched", r, case);
+        let again = e_fetch(fd2.as_raw_fd(), 5000);
+        tally.valid(
+            "SERVE fetch E",
+            again.as_ref().map(|r| r.len() as i32).map_err(|e| *e),
+        );
+        if let Some(r2) = again.ok().and_then(|r| r.first().copied()) {
+            if r2.cookie == r1.cookie {
+                tally.violations.push(format!(
+                    "stale: the READ fetched again kept cookie {}: {case:?}",
+                    r1.cookie
+                ));
+            }
+            let r = e_answer(fd2.as_raw_fd(), &old);
+            tally.malformed("stale:after-reattach-old-cookie", r, case);
+            let r = e_answer(fd2.as_raw_fd(), &answer_of(&r2));
+            tally.valid("SERVE answer E", r);
+        }
+        self.drain_e(fd2, reader, tally);
+    }
+
+    /// Serves E until the reader is done, so no request outlives the case.
+    fn drain_e(
+        &self,
+        fd: OwnedFd,
+        reader: std::thread::JoinHandle<std::io::Result<()>>,
+        tally: &mut Tally,
+    ) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !reader.is_finished() && std::time::Instant::now() < deadline {
+            if let Ok(reqs) = e_fetch(fd.as_raw_fd(), 50) {
+                for r in reqs {
+                    let _ = e_answer(fd.as_raw_fd(), &answer_of(&r));
+                }
+            }
+        }
+        match reader.is_finished().then(|| reader.join()) {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => tally.valid_failed.push(format!("READ of E: {e}")),
+            _ => tally
+                .valid_failed
+                .push("READ of E: not done in 10 s".into()),
+        }
+    }
+}
+
+fn answer_of(r: &usrbd_request) -> usrbd_completion {
+    usrbd_completion {
+        tag: r.tag,
+        op: r.op,
+        result: 0,
+        len: r.len,
+        cookie: r.cookie,
+    }
+}
+
+/// Fetches up to E's depth, waiting up to `wait_ms`.
+fn e_fetch(fd: RawFd, wait_ms: u32) -> Result<Vec<usrbd_request>, Errno> {
+    let mut reqs = vec![usrbd_request::default(); E_SPEC.depth as usize];
+    let mut s = usrbd_serve {
+        requests: reqs.as_mut_ptr() as u64,
+        max_requests: E_SPEC.depth,
+        wait_ms,
+        ..Default::default()
+    };
+    ioctl_struct(fd, rig::SERVE, &mut s)?;
+    reqs.truncate(s.nr_requests.min(E_SPEC.depth) as usize);
+    Ok(reqs)
+}
+
+fn e_answer(fd: RawFd, a: &usrbd_completion) -> Result<i32, Errno> {
+    let mut s = usrbd_serve {
+        completions: a as *const usrbd_completion as u64,
+        nr_completions: 1,
+        ..Default::default()
+    };
+    ioctl_struct(fd, rig::SERVE, &mut s)
 }

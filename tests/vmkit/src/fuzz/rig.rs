@@ -252,7 +252,17 @@ pub struct Device {
 impl Device {
     /// Creates the device; with `serve`, attaches every queue.
     pub fn create(ctl: RawFd, spec: &DeviceSpec, serve: bool) -> Result<Self> {
+        Self::create_with_timeout(ctl, spec, serve, 10_000)
+    }
+
+    pub fn create_with_timeout(
+        ctl: RawFd,
+        spec: &DeviceSpec,
+        serve: bool,
+        timeout_ms: u32,
+    ) -> Result<Self> {
         let mut c = create_struct(spec)?;
+        c.timeout_ms = timeout_ms;
         ioctl_struct(ctl, CREATE, &mut c).with_context(|| format!("creating {}", spec.name))?;
         let mut dev = Self {
             index: c.index,
