@@ -683,7 +683,7 @@ impl Service {
         let Some(w) = self.workers.take() else { return };
         let why = match w.join() {
             Ok(()) => "the device was destroyed outside the service".to_owned(),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         error!("workers stopped: {why}");
         if let Some(g) = self.usb.as_mut() {
