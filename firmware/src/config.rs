@@ -294,6 +294,24 @@ fn in_range(key: &'static str, v: u32, lo: u32, hi: u32) -> Result<u32, ConfigEr
 }
 
 impl ServiceConfig {
+    /// What names the device a server serves: the keys an upgraded binary must
+    /// resolve the same way, or it would create another device and leave this
+    /// one's queued requests to time out (`usrbd serve --check-config` prints it).
+    pub fn identity(&self) -> serde_json::Value {
+        let (kind, path) = match &self.backend {
+            BackendConfig::Ram { image } => ("ram", image.as_deref()),
+            BackendConfig::File { path, .. } => ("file", Some(path.as_path())),
+        };
+        serde_json::json!({
+            "name": self.name,
+            "socket": self.socket,
+            "backend": kind,
+            "path": path,
+            "size": self.size,
+            "logical_block_size": self.logical_block_size,
+        })
+    }
+
     /// Merges flags over the file and checks every value.
     pub fn resolve(file: FileConfig, o: Overrides) -> Result<ServiceConfig, ConfigError> {
         let d = file.device;
