@@ -113,7 +113,7 @@ pub(super) fn check(
         return Err(format!(
             "new binary {} is no usrbd: `--version` printed `{}`",
             binary.display(),
-            version.trim()
+            version.lines().next().unwrap_or("").trim()
         ));
     }
     let check = check_args(args).ok_or("this server was not started as `usrbd serve`")?;
