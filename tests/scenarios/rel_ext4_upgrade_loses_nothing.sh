@@ -11,6 +11,7 @@
 # replaced on disk by a new file, as a package does) and --binary copies.
 # Refused before anything is given up (the old instance serves on): a
 # missing binary, one not executable, one that is no usrbd, a RAM device.
+# A SIGTERM during an upgrade still detaches and exits 0.
 # CI: 6 upgrades; soak: 100.
 # group: rel
 # order: 16
@@ -136,7 +137,22 @@ if [ -n "$errors" ]; then
 	fail "the kernel logged errors during the upgrades"
 fi
 log "ok: no ext4 or I/O error in dmesg, 0 request timeouts"
-stop_server "$pid"
+# A stop (systemd's SIGTERM) during an upgrade must not be dropped with the
+# old process image: the upgrade gives way, the server detaches and exits 0.
+"$orig" upgrade --socket "$sk" >"$USRBD_TMP/upgrade-term.out" 2>&1 &
+up=$!
+sleep_ms 300
+kill -TERM "$pid"
+wait_until 60 "the server to exit after a SIGTERM during an upgrade" not_running "$pid"
+rc=0
+wait "$pid" || rc=$?
+urc=0
+wait "$up" || urc=$?
+grep -E 'upgrade|SIGTERM|exiting' "$USRBD_TMP/server-usrbd0.log" | tail -n 4
+cat "$USRBD_TMP/upgrade-term.out"
+[ "$rc" -eq 0 ] || fail "the server exited with status $rc after a SIGTERM during an upgrade"
+[ "$urc" -ne 0 ] || fail "usrbd upgrade succeeded although the server was told to exit"
+log "ok: SIGTERM during an upgrade: the upgrade failed (exit $urc), the server exited 0"
 check "e2fsck -fn clean" e2fsck -fn "$img"
 mount_dev "$img" "$USRBD_TMP/image" -o ro,loop
 ackcheck_image "$USRBD_TMP/image/data" "$ack"

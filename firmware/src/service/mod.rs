@@ -476,7 +476,7 @@ impl Service {
                                 // not hold the device back.
                                 let _ = wrx.recv_timeout(Duration::from_secs(5));
                             }
-                            self.upgrade(&binary);
+                            self.upgrade(&binary, rx);
                         }
                     }
                     false
@@ -724,7 +724,7 @@ impl Service {
     /// place, and the process execs; the new image adopts the device as after
     /// a crash (file backend), within the request timeout. Returns only if
     /// that failed, then serving again itself.
-    fn upgrade(&mut self, binary: &Path) {
+    fn upgrade(&mut self, binary: &Path, rx: &Receiver<Command>) {
         self.shared.lock().state = ServiceState::Upgrading;
         let t0 = Instant::now();
         if let Some(w) = self.workers.take() {
@@ -736,6 +736,12 @@ impl Service {
         }
         let why = match self.shared.backend.flush() {
             Err(e) => format!("upgrade: flushing the backend: {e}"),
+            // The exec would drop it: a stop (systemd's SIGTERM) would be lost.
+            Ok(()) if self.signalled_meanwhile(rx) => {
+                self.exit.requested = true;
+                self.exit.retry_until = Some(Instant::now() + EXIT_RETRY_FOR);
+                "upgrade: abandoned for the signal that came meanwhile".to_owned()
+            }
             Ok(()) => {
                 info!(
                     "upgrade: quiesced and flushed in {} ms; exec {}",
@@ -758,6 +764,29 @@ impl Service {
                     .show(ServiceState::Error, ApplianceState::Error, Some(msg));
             }
         }
+    }
+
+    /// Empties the command queue before an exec: true if a signal asked this
+    /// process to exit; requests are refused (their clients would get no
+    /// answer at all), button presses dropped.
+    fn signalled_meanwhile(&self, rx: &Receiver<Command>) -> bool {
+        let mut signalled = false;
+        for cmd in rx.try_iter() {
+            match cmd {
+                Command::Signal(sig) => {
+                    info!("{sig} during the upgrade: detaching and exiting instead");
+                    signalled = true;
+                }
+                Command::Request(_, reply) => {
+                    let _ = reply.send(
+                        self.response(Err("an upgrade is handing the device over".into()))
+                            .into(),
+                    );
+                }
+                Command::Button(ev) => info!("button {ev:?} ignored while upgrading"),
+            }
+        }
+        signalled
     }
 
     /// Runs or resumes the detach of the served device, or of the one whose
