@@ -350,7 +350,7 @@ impl Workers {
     }
 
     /// Asks the workers to quiesce: fetch nothing more, answer what they hold,
-    /// then return (within a SERVE wait, [`WAIT_MS`], when idle).
+    /// then return (an idle one once its SERVE wait, 1 s, ends).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
     }
