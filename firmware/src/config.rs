@@ -294,6 +294,24 @@ fn in_range(key: &'static str, v: u32, lo: u32, hi: u32) -> Result<u32, ConfigEr
 }
 
 impl ServiceConfig {
+    /// What names the device a server serves: the keys an upgraded binary must
+    /// resolve the same way, or it would create another device and leave this
+    /// one's queued requests to time out (`usrbd serve --check-config` prints it).
+    pub fn identity(&self) -> serde_json::Value {
+        let (kind, path) = match &self.backend {
+            BackendConfig::Ram { image } => ("ram", image.as_deref()),
+            BackendConfig::File { path, .. } => ("file", Some(path.as_path())),
+        };
+        serde_json::json!({
+            "name": self.name,
+            "socket": self.socket,
+            "backend": kind,
+            "path": path,
+            "size": self.size,
+            "logical_block_size": self.logical_block_size,
+        })
+    }
+
     /// Merges flags over the file and checks every value.
     pub fn resolve(file: FileConfig, o: Overrides) -> Result<ServiceConfig, ConfigError> {
         let d = file.device;
@@ -302,7 +320,7 @@ impl ServiceConfig {
             return Err(invalid(
                 "device.name (--name)",
                 &name,
-                "1 to 31 letters, digits, `-` or `_`",
+                "`usrbd` and up to 26 more of `a-z`, `0-9`, `-` or `_` (the module's rule)",
             ));
         }
         let lbs = o.block_size.or(d.logical_block_size).unwrap_or(512);
@@ -584,15 +602,18 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let t = "[device]\nname = \"a\"\nsize = \"1G\"\nqueues = 2\n[backend]\nkind = \"file\"\npath = \"/x\"\n";
+        let t = "[device]\nname = \"usrbda\"\nsize = \"1G\"\nqueues = 2\n[backend]\nkind = \"file\"\npath = \"/x\"\n";
         let o = Overrides {
-            name: Some("b".into()),
+            name: Some("usrbdb".into()),
             size: Some(Size(1 << 20)),
             queues: Some(3),
             ..Default::default()
         };
         let c = resolve(t, o).unwrap();
-        assert_eq!((c.name.as_str(), c.size, c.queues), ("b", Some(1 << 20), 3));
+        assert_eq!(
+            (c.name.as_str(), c.size, c.queues),
+            ("usrbdb", Some(1 << 20), 3)
+        );
         assert_eq!(
             c.backend,
             BackendConfig::File {
@@ -600,7 +621,7 @@ mod tests {
                 direct: false
             }
         );
-        assert_eq!(c.socket, PathBuf::from("/run/usrbd/b.sock"));
+        assert_eq!(c.socket, PathBuf::from("/run/usrbd/usrbdb.sock"));
     }
 
     #[test]
@@ -660,6 +681,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("device.name"), "{e}");
+        // The module's rule (ABI 2): the `usrbd` prefix, lower case only.
+        for bad in ["a", "sda", "USRBD0", "usrbdA", "xusrbd0"] {
+            let o = Overrides {
+                name: Some(bad.into()),
+                ..Default::default()
+            };
+            let e = resolve("", o).unwrap_err().to_string();
+            assert!(
+                e.contains("device.name") && e.contains("usrbd"),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["usrbd", "usrbd0", "usrbd-data_1"] {
+            let o = Overrides {
+                name: Some(good.into()),
+                ..Default::default()
+            };
+            assert_eq!(resolve("", o).unwrap().name, good);
+        }
         let e = resolve("[panel]\nlong_press_ms = 10\n", Overrides::default())
             .unwrap_err()
             .to_string();

@@ -215,7 +215,11 @@ mod tests {
             self.log.push(Ev::Finish);
             if self.finish_fails > 0 {
                 self.finish_fails -= 1;
-                return Err(DetachError::Worker("disk full".into()));
+                return Err(DetachError::Finish(crate::error::BackendError::Io {
+                    what: "saving",
+                    path: "/image".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                }));
             }
             Ok(())
         }

@@ -47,13 +47,16 @@ impl DeviceInfo {
     }
 }
 
-/// Device names the service accepts: what shows up under /dev without surprises.
+/// Device names the service accepts: the module's rule (ABI 2, kmod
+/// lifecycle.c): `usrbd`, then more of `[a-z0-9_-]`, so no device squats another
+/// driver's name (`sda`, `mmcblk0`). The module also takes an empty name (it
+/// picks `usrbdN`), but the service needs the name for its socket and lock.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+    name.starts_with("usrbd")
         && name.len() < USRBD_NAME_LEN
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 pub fn state_name(state: u32) -> &'static str {

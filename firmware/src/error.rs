@@ -19,7 +19,7 @@ pub enum DeviceError {
     Ioctl { op: String, errno: Errno },
     #[error("module speaks ABI {module}, this program speaks {ours}")]
     Abi { module: u32, ours: u32 },
-    #[error("device name `{0}` must be 1..31 bytes of letters, digits, `-` or `_`")]
+    #[error("device name `{0}` must be `usrbd` and up to 26 more of `a-z`, `0-9`, `-` or `_`")]
     Name(String),
     #[error("no usrbd device named `{0}`")]
     NotFound(String),
@@ -111,7 +111,7 @@ pub enum DetachError {
     #[error("graceful destroy: {0}")]
     Destroy(#[source] DeviceError),
     #[error("a worker failed: {0}")]
-    Worker(String),
+    Worker(#[source] WorkerError),
     #[error("final sync of the backend: {0}")]
     Finish(#[source] BackendError),
     #[error("USB export: {0}")]
@@ -124,6 +124,21 @@ pub enum DetachError {
         openers: u32,
         waited_ms: u64,
     },
+}
+
+/// Why a worker thread (one queue's server) stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("queue {queue}: attaching again after the module unbound the server: {source}")]
+    Reattach {
+        queue: u32,
+        #[source]
+        source: DeviceError,
+    },
+    #[error("queue {queue}: SERVE failed: {errno}")]
+    Serve { queue: u32, errno: Errno },
+    #[error("worker thread {thread} panicked")]
+    Panicked { thread: String },
 }
 
 /// Setting up, driving and removing the USB mass-storage gadget.

@@ -6,13 +6,20 @@
 //! {"cmd":"status"}              -> {"ok":true,"state":"serving","status":{...}}
 //! {"cmd":"detach","exit":false} -> {"ok":true,"state":"safe"}
 //! {"cmd":"attach"}              -> {"ok":false,"state":"serving","error":"..."}
+//! {"cmd":"upgrade","binary":"/usr/bin/usrbd"}
+//!                               -> {"ok":true,"state":"upgrading","status":{...}}
 //! ```
+//!
+//! An accepted upgrade answers before the server gives the device up and
+//! execs the new binary; `usrbd upgrade` then polls `status` until a new
+//! `instance` serves.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -39,6 +46,12 @@ pub enum Request {
         exit: bool,
     },
     Attach,
+    /// Hand the device to a new binary (execve, same pid and arguments).
+    Upgrade {
+        /// The binary to exec; the server's own executable path if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +63,23 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
+}
+
+/// A response, and whom to tell once it is written: an upgrade execs the new
+/// binary only after its client has the answer (the exec ends the thread that
+/// writes it).
+pub struct Reply {
+    pub response: Response,
+    pub written: Option<Sender<()>>,
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Reply {
+        Reply {
+            response,
+            written: None,
+        }
+    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IpcError + 'a {
@@ -93,7 +123,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, IpcError> {
 /// detach may take a while; a status must still be answered meanwhile).
 pub fn spawn_server(
     listener: UnixListener,
-    handler: Arc<dyn Fn(Request) -> Response + Send + Sync>,
+    handler: Arc<dyn Fn(Request) -> Reply + Send + Sync>,
 ) -> std::io::Result<()> {
     thread::Builder::new().name("ipc".into()).spawn(move || {
         for conn in listener.incoming() {
@@ -116,7 +146,7 @@ pub fn spawn_server(
     Ok(())
 }
 
-fn handle_conn(conn: UnixStream, handler: &dyn Fn(Request) -> Response) {
+fn handle_conn(conn: UnixStream, handler: &dyn Fn(Request) -> Reply) {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     match getsockopt(&conn, PeerCredentials) {
@@ -171,7 +201,10 @@ fn handle_conn(conn: UnixStream, handler: &dyn Fn(Request) -> Response) {
         if line.trim().is_empty() {
             continue;
         }
-        let resp = match serde_json::from_str::<Request>(&line) {
+        let Reply {
+            response: resp,
+            written,
+        } = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
                 debug!("control socket: {req:?}");
                 handler(req)
@@ -181,13 +214,18 @@ fn handle_conn(conn: UnixStream, handler: &dyn Fn(Request) -> Response) {
                 state: String::new(),
                 error: Some(format!("bad request: {e}")),
                 status: None,
-            },
+            }
+            .into(),
         };
-        let Ok(mut text) = serde_json::to_string(&resp) else {
-            return;
-        };
-        text.push('\n');
-        if writer.write_all(text.as_bytes()).is_err() {
+        let sent = serde_json::to_string(&resp).ok().is_some_and(|mut text| {
+            text.push('\n');
+            writer.write_all(text.as_bytes()).is_ok()
+        });
+        // Written or not: a client that went away must not hold the upgrade.
+        if let Some(w) = written {
+            let _ = w.send(());
+        }
+        if !sent {
             return;
         }
     }
@@ -255,6 +293,17 @@ mod tests {
             Request::Detach { exit: false }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"upgrade"}"#).unwrap(),
+            Request::Upgrade { binary: None }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Upgrade {
+                binary: Some("/usr/bin/usrbd".into())
+            })
+            .unwrap(),
+            r#"{"cmd":"upgrade","binary":"/usr/bin/usrbd"}"#
+        );
     }
 
     #[test]
@@ -266,11 +315,14 @@ mod tests {
         assert_eq!(mode, 0o600);
         spawn_server(
             l,
-            Arc::new(|r| Response {
-                ok: r == Request::Attach,
-                state: "serving".into(),
-                error: None,
-                status: None,
+            Arc::new(|r| {
+                Response {
+                    ok: r == Request::Attach,
+                    state: "serving".into(),
+                    error: None,
+                    status: None,
+                }
+                .into()
             }),
         )
         .unwrap();
@@ -285,5 +337,34 @@ mod tests {
         assert!(!call(&path, &Request::Status).unwrap().ok);
         // A live server's socket is not taken over.
         assert!(bind(&path).is_err());
+    }
+
+    #[test]
+    fn the_handler_hears_once_its_reply_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sock");
+        let (wtx, wrx) = std::sync::mpsc::channel();
+        let wtx = std::sync::Mutex::new(Some(wtx));
+        spawn_server(
+            bind(&path).unwrap(),
+            Arc::new(move |_| Reply {
+                response: Response {
+                    ok: true,
+                    state: "upgrading".into(),
+                    error: None,
+                    status: None,
+                },
+                written: wtx.lock().unwrap().take(),
+            }),
+        )
+        .unwrap();
+        assert!(wrx.try_recv().is_err());
+        assert_eq!(
+            call(&path, &Request::Upgrade { binary: None })
+                .unwrap()
+                .state,
+            "upgrading"
+        );
+        wrx.recv_timeout(Duration::from_secs(10)).unwrap();
     }
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::backend::{Backend, Memory};
 use crate::device::{Control, DeviceInfo, ServerFd};
-use crate::error::DeviceError;
+use crate::error::{DeviceError, WorkerError};
 use crate::uapi::*;
 
 /// How long one SERVE call sleeps when idle. Long enough to cost nothing, short
@@ -94,8 +94,9 @@ fn bump(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Logs backend errors at most once a second, counting what it held back, so a
-/// failing SD card cannot flood the log at request rate.
+/// Logs a message at most once a second, counting what it held back, so a
+/// failing SD card or a SERVE copy failing in a loop cannot flood the log at
+/// request rate.
 #[derive(Default)]
 pub struct RateLimit {
     state: Mutex<(Option<Instant>, u64)>,
@@ -103,21 +104,67 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn error(&self, msg: impl FnOnce() -> String) {
+        self.log(log::Level::Error, msg);
+    }
+
+    pub fn warn(&self, msg: impl FnOnce() -> String) {
+        self.log(log::Level::Warn, msg);
+    }
+
+    /// True if the message was logged, false if it was held back.
+    fn log(&self, level: log::Level, msg: impl FnOnce() -> String) -> bool {
         let Ok(mut st) = self.state.lock() else {
-            return;
+            return false;
         };
         let now = Instant::now();
         match st.0 {
-            Some(t) if now.duration_since(t) < Duration::from_secs(1) => st.1 += 1,
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                st.1 += 1;
+                false
+            }
             _ => {
                 let held = std::mem::take(&mut st.1);
                 st.0 = Some(now);
                 if held > 0 {
-                    error!("{} ({held} more errors not shown)", msg());
+                    log::log!(level, "{} ({held} more not shown)", msg());
                 } else {
-                    error!("{}", msg());
+                    log::log!(level, "{}", msg());
                 }
+                true
             }
+        }
+    }
+}
+
+/// What a worker's next SERVE call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Hand the answers back and fetch up to `room` requests, sleeping up to
+    /// `wait_ms` when none is queued.
+    Serve { room: usize, wait_ms: u32 },
+    /// Nothing held, every answer handed back: the fd may close without a
+    /// request going back to the module's queue.
+    Return,
+}
+
+/// The worker's loop, decided. Serving: fetch what fits, sleep only with
+/// nothing left to serve. Stopping (a quiesce: the device goes to the next
+/// server, e.g. an upgraded binary): fetch nothing more, serve what is held
+/// and hand its answers back, then return; what arrives meanwhile waits in the
+/// module's queue for the next server.
+fn next_step(stopping: bool, batch: usize, pending: usize, answers: usize) -> Next {
+    if !stopping {
+        return Next::Serve {
+            room: batch.saturating_sub(pending),
+            wait_ms: if pending == 0 { WAIT_MS } else { 0 },
+        };
+    }
+    if pending == 0 && answers == 0 {
+        Next::Return
+    } else {
+        Next::Serve {
+            room: 0,
+            wait_ms: 0,
         }
     }
 }
@@ -223,7 +270,7 @@ pub struct Geometry {
 
 /// The running workers of one device.
 pub struct Workers {
-    threads: Vec<JoinHandle<Result<(), String>>>,
+    threads: Vec<JoinHandle<Result<(), WorkerError>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -262,6 +309,7 @@ impl Workers {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let limit = Arc::new(RateLimit::default());
+        let efault = Arc::new(RateLimit::default());
         let mut threads = Vec::with_capacity(fds.len());
         for fd in fds {
             let w = Worker {
@@ -275,6 +323,7 @@ impl Workers {
                 activity: Arc::clone(&activity),
                 stop: Arc::clone(&stop),
                 limit: Arc::clone(&limit),
+                efault: Arc::clone(&efault),
             };
             let name = format!("{}-q{}", dev.name, w.fd.queue());
             let t = thread::Builder::new()
@@ -300,19 +349,20 @@ impl Workers {
         self.threads.iter().all(JoinHandle::is_finished)
     }
 
-    /// Asks the workers to return at their next wake-up without a device event.
+    /// Asks the workers to quiesce: fetch nothing more, answer what they hold,
+    /// then return (an idle one once its SERVE wait, 1 s, ends).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
     }
 
     /// Waits for every worker; the first failure, if any.
-    pub fn join(self) -> Result<(), String> {
+    pub fn join(self) -> Result<(), WorkerError> {
         let mut first = Ok(());
         for t in self.threads {
-            let name = t.thread().name().unwrap_or("worker").to_owned();
+            let thread = t.thread().name().unwrap_or("worker").to_owned();
             let r = match t.join() {
                 Ok(r) => r,
-                Err(_) => Err(format!("{name} panicked")),
+                Err(_) => Err(WorkerError::Panicked { thread }),
             };
             if let Err(e) = r {
                 if first.is_ok() {
@@ -339,6 +389,9 @@ struct Worker {
     activity: ActivityHook,
     stop: Arc<AtomicBool>,
     limit: Arc<RateLimit>,
+    /// Shared by the queues: under memory pressure every one of them may fail
+    /// its copies in a loop.
+    efault: Arc<RateLimit>,
 }
 
 impl Worker {
@@ -356,7 +409,7 @@ impl Worker {
         Ok(())
     }
 
-    fn run(mut self) -> Result<(), String> {
+    fn run(mut self) -> Result<(), WorkerError> {
         let batch = self.depth.min(USRBD_MAX_BATCH) as usize;
         let mut fetched = vec![usrbd_request::default(); batch];
         // Fetched, not yet served: at most one per tag, so never more than `batch`.
@@ -366,9 +419,14 @@ impl Worker {
         let linear = self.fd.is_linear();
         debug!("queue {q}: worker started");
         loop {
-            // Sleep in SERVE only with nothing left to serve.
-            let wait_ms = if pending.is_empty() { WAIT_MS } else { 0 };
-            let room = batch.saturating_sub(pending.len());
+            let stopping = self.stop.load(Ordering::Acquire);
+            let (room, wait_ms) = match next_step(stopping, batch, pending.len(), answers.len()) {
+                Next::Serve { room, wait_ms } => (room, wait_ms),
+                Next::Return => {
+                    debug!("queue {q}: stopped");
+                    return Ok(());
+                }
+            };
             let served = match self.fd.serve(&answers, &mut fetched[..room], wait_ms) {
                 Ok(s) => s,
                 Err(e) if e.errno == Errno::EINTR => continue,
@@ -379,10 +437,10 @@ impl Worker {
                     warn!("queue {q}: the module unbound this server (a request timed out); attaching again");
                     pending.clear();
                     answers.clear();
-                    if let Err(e) = self.reattach() {
-                        let msg = format!("queue {q}: attaching again: {e}");
-                        error!("{msg}");
-                        return Err(msg);
+                    if let Err(source) = self.reattach() {
+                        let e = WorkerError::Reattach { queue: q, source };
+                        error!("{e}");
+                        return Err(e);
                     }
                     continue;
                 }
@@ -391,7 +449,8 @@ impl Worker {
                     // could not fault in, e.g. out of memory): the module kept
                     // the unapplied answers' requests and requeued the fetched
                     // ones. Retry what it did not apply, after a pause.
-                    warn!("queue {q}: SERVE could not copy request data; retrying");
+                    self.efault
+                        .warn(|| format!("queue {q}: SERVE could not copy request data; retrying"));
                     answers.drain(..(e.completed as usize).min(answers.len()));
                     thread::sleep(Duration::from_millis(50));
                     continue;
@@ -405,9 +464,12 @@ impl Worker {
                     continue;
                 }
                 Err(e) => {
-                    let msg = format!("queue {q}: SERVE failed: {}", e.errno);
-                    error!("{msg}");
-                    return Err(msg);
+                    let e = WorkerError::Serve {
+                        queue: q,
+                        errno: e.errno,
+                    };
+                    error!("{e}");
+                    return Err(e);
                 }
             };
             answers.clear();
@@ -417,10 +479,6 @@ impl Worker {
             }
             pending.extend(&fetched[..served.requests as usize]);
             if pending.is_empty() {
-                if self.stop.load(Ordering::Acquire) {
-                    debug!("queue {q}: stopped");
-                    return Ok(());
-                }
                 continue;
             }
             // Answer once ANSWER_BYTES have gone through the backend, not only
@@ -608,5 +666,45 @@ mod tests {
             (s.writes, s.reads, s.bytes_written, s.errors),
             (1, 1, 4096, 0)
         );
+    }
+
+    #[test]
+    fn a_stopping_worker_fetches_nothing_and_returns_only_once_nothing_is_held() {
+        // Serving: fetch what fits; sleep in SERVE only with nothing to serve.
+        assert_eq!(
+            next_step(false, 16, 0, 0),
+            Next::Serve {
+                room: 16,
+                wait_ms: WAIT_MS
+            }
+        );
+        assert_eq!(
+            next_step(false, 16, 5, 3),
+            Next::Serve {
+                room: 11,
+                wait_ms: 0
+            }
+        );
+        // Stopping with requests held or answers not yet handed back: hand
+        // them back without fetching or sleeping.
+        let drain = Next::Serve {
+            room: 0,
+            wait_ms: 0,
+        };
+        assert_eq!(next_step(true, 16, 5, 0), drain);
+        assert_eq!(next_step(true, 16, 0, 3), drain);
+        assert_eq!(next_step(true, 16, 16, 16), drain);
+        // Nothing held, nothing unanswered: only then may the fd close.
+        assert_eq!(next_step(true, 16, 0, 0), Next::Return);
+    }
+
+    #[test]
+    fn the_rate_limit_holds_back_repeats_within_a_second() {
+        let rl = RateLimit::default();
+        assert!(rl.log(log::Level::Warn, || "first".into()));
+        for _ in 0..1000 {
+            assert!(!rl.log(log::Level::Warn, || "again".into()));
+        }
+        assert_eq!(rl.state.lock().unwrap().1, 1000);
     }
 }

@@ -27,6 +27,8 @@ usage: cargo xtask soak [--filter NAME]... [--power-cuts N] [--percent N] [--doc
   --percent N     scale every soak count to N % (1..100, default 100; never
                   below the CI count), for machines where TCG is slow
   --docs          write the figures into docs/reliability.md
+
+The scenarios (tests/scenarios/rel_*.sh) and their counts:
 ";
 
 const PREFIX: &str = "rel_";
@@ -42,6 +44,7 @@ struct Options {
     power_cuts: u32,
     percent: u32,
     docs: bool,
+    help: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
@@ -50,6 +53,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         power_cuts: 3,
         percent: 100,
         docs: false,
+        help: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -72,10 +76,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
                     .with_context(|| format!("--percent {n}: want 1..100"))?;
             }
             "--docs" => o.docs = true,
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
+            "-h" | "--help" => o.help = true,
             other => bail!("unknown option `{other}`\n{USAGE}"),
         }
     }
@@ -95,6 +96,31 @@ fn soak_timeout(text: &str) -> Result<Option<u32>> {
         }
     }
     Ok(None)
+}
+
+/// The `CI: ...; soak: ...` counts a scenario's leading comments state, else
+/// the two numbers of its first `soak_or CI SOAK` (tests/lib.sh).
+fn counts(text: &str) -> Option<String> {
+    let said = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find_map(|l| l.find("CI:").map(|i| l[i..].trim().to_string()));
+    said.or_else(|| {
+        let i = text.find("$(soak_or ")?;
+        let mut w = text[i + 10..].split(|c: char| c.is_whitespace() || c == ')');
+        Some(format!("CI: {}; soak: {}.", w.next()?, w.next()?))
+    })
+}
+
+/// One line per soak scenario: its name and counts, for `--help`.
+fn scenario_list(list: &[Scenario]) -> Result<String> {
+    let mut out = String::new();
+    for s in list.iter().filter(|s| s.name.starts_with(PREFIX)) {
+        let text = fs::read_to_string(&s.path).with_context(|| s.name.clone())?;
+        let c = counts(&text).unwrap_or_else(|| "the same run in CI and soak".into());
+        out.push_str(&format!("  {:<32} {c}\n", s.name));
+    }
+    Ok(out)
 }
 
 /// One scenario's figures: `FIGURES <name> k=v ...` from its output.
@@ -162,6 +188,12 @@ fn splice(doc: &str, body: &str) -> Result<String> {
 pub fn run(args: &[String]) -> Result<()> {
     let opts = parse_args(args)?;
     let paths = Paths::new();
+    if opts.help {
+        let mut all = scenarios::discover(&paths.repo.join("tests/scenarios"))?;
+        scenarios::sort(&mut all);
+        print!("{USAGE}{}", scenario_list(&all)?);
+        return Ok(());
+    }
     let mut chosen: Vec<Scenario> = scenarios::select(
         scenarios::discover(&paths.repo.join("tests/scenarios"))?,
         &opts.filters,
@@ -304,6 +336,7 @@ mod tests {
         assert!(parse_args(&args(&["--percent", "0"])).is_err());
         assert!(parse_args(&args(&["--percent", "101"])).is_err());
         assert!(parse_args(&args(&["--bogus"])).is_err());
+        assert!(parse_args(&args(&["--help"])).unwrap().help);
     }
 
     #[test]
@@ -358,6 +391,18 @@ mod tests {
             .filter(|s| s.name.starts_with(PREFIX))
             .collect();
         assert!(rel.len() >= 8, "one scenario per reliability case");
+        let help = scenario_list(&rel).unwrap();
+        // Issue 14's 200 kill + re-attach cycles with ext4 mounted.
+        assert!(
+            help.lines()
+                .any(|l| l.contains("rel_ext4_server_kill_recovers") && l.contains("soak: 200")),
+            "{help}"
+        );
+        assert!(help.contains("rel_ext4_upgrade_loses_nothing"), "{help}");
+        assert_eq!(
+            counts("# group: rel\nn=$(soak_or 10000 200000)\n").as_deref(),
+            Some("CI: 10000; soak: 200000.")
+        );
         for s in rel {
             let text = fs::read_to_string(&s.path).unwrap();
             assert!(soak_timeout(&text).unwrap().is_some(), "{}", s.name);

@@ -6,6 +6,7 @@ mod detach;
 mod list;
 mod serve;
 mod status;
+mod upgrade;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,7 @@ pub enum Command {
     Status(status::StatusArgs),
     List(list::ListArgs),
     Destroy(destroy::DestroyArgs),
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 /// Runs a subcommand; returns the process exit code.
@@ -39,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status(a) => status::run(a),
         Command::List(a) => list::run(a),
         Command::Destroy(a) => destroy::run(a),
+        Command::Upgrade(a) => upgrade::run(a),
     }
 }
 
@@ -187,5 +190,10 @@ mod tests {
         assert!(matches!(c.command, Command::Status(ref a) if a.json));
         assert!(parse(&["attach"]).is_ok());
         assert!(parse(&["list"]).is_ok());
+        let c = parse(&["upgrade", "--binary", "/tmp/usrbd", "--timeout-s", "30"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Upgrade(ref a) if a.binary.as_deref() == Some(std::path::Path::new("/tmp/usrbd")) && a.timeout_s == 30)
+        );
+        assert!(parse(&["serve", "--check-config"]).is_ok());
     }
 }

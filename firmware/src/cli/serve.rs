@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// /sys/class/udc) or its name [default: auto]
     #[arg(long, value_name = "NAME")]
     udc: Option<String>,
+    /// Check the config file and flags, print the device they name as JSON, and
+    /// exit without serving (what `usrbd upgrade` runs the new binary with first)
+    #[arg(long)]
+    check_config: bool,
 }
 
 impl ServeArgs {
@@ -129,6 +133,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         None => FileConfig::default(),
     };
     let cfg = ServiceConfig::resolve(file, args.overrides())?;
+    if args.check_config {
+        println!("{}", cfg.identity());
+        return Ok(0);
+    }
     usrbd::service::run(cfg).context("serving")?;
     Ok(0)
 }

@@ -13,6 +13,7 @@ mod lock;
 mod mounts;
 mod ops;
 mod state;
+mod upgrade;
 mod usb;
 
 use std::path::Path;
@@ -31,7 +32,7 @@ use crate::detach::{self, Progress};
 use crate::device::{Control, CreateParams, DeviceInfo};
 use crate::error::ServiceError;
 use crate::export::usb_gadget::{self, Roots, UsbGadget};
-use crate::ipc::{self, Request, Response};
+use crate::ipc::{self, Reply, Request, Response};
 use crate::panel::{ApplianceState, ButtonEvent, Panel, PanelHandle};
 use crate::server::{self, Stats, Workers};
 
@@ -46,13 +47,16 @@ const EXIT_RETRY_EVERY: Duration = Duration::from_secs(1);
 const EXIT_RETRY_FOR: Duration = Duration::from_secs(240);
 
 enum Command {
-    Request(Request, Sender<Response>),
+    Request(Request, Sender<Reply>),
     Button(ButtonEvent),
     Signal(Signal),
 }
 
 /// Runs the service until a detach with exit; returns once the device is safe.
+/// An upgrade does not return: the process becomes the new binary.
 pub fn run(cfg: ServiceConfig) -> Result<(), ServiceError> {
+    // Before anything can replace the file: the path an upgrade execs.
+    let origin = upgrade::Origin::current();
     // First of all: a second instance must not load an image, rebuild the USB
     // gadget or drive the LEDs of the one already serving.
     let _lock = lock::take(Path::new(SOCKET_DIR), &cfg.name)?;
@@ -78,7 +82,7 @@ pub fn run(cfg: ServiceConfig) -> Result<(), ServiceError> {
     if let Some(h) = &handle {
         h.set_state(ApplianceState::Starting);
     }
-    let res = start_and_serve(cfg, sigs, handle.clone(), btn_rx);
+    let res = start_and_serve(cfg, origin, sigs, handle.clone(), btn_rx);
     if let (Err(_), Some(h)) = (&res, &handle) {
         h.set_state(ApplianceState::Error);
         h.set_error(true);
@@ -90,6 +94,7 @@ pub fn run(cfg: ServiceConfig) -> Result<(), ServiceError> {
 
 fn start_and_serve(
     cfg: ServiceConfig,
+    origin: upgrade::Origin,
     sigs: SigSet,
     panel: Option<PanelHandle>,
     btn_rx: Receiver<ButtonEvent>,
@@ -130,6 +135,9 @@ fn start_and_serve(
         ctrl,
         name: cfg.name.clone(),
         usb: usb.as_ref().map(UsbGadget::probe),
+        instance: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
     });
 
     let (tx, rx) = mpsc::channel();
@@ -143,6 +151,7 @@ fn start_and_serve(
         pending: None,
         usb,
         exit: Exit::default(),
+        origin,
     };
     let listener = match ipc::bind(&svc.cfg.socket) {
         Ok(l) => l,
@@ -243,21 +252,25 @@ fn open_backend(cfg: &ServiceConfig) -> Result<Arc<dyn Backend>, ServiceError> {
     })
 }
 
-fn handle_request(shared: &Shared, tx: &Sender<Command>, req: Request) -> Response {
+fn handle_request(shared: &Shared, tx: &Sender<Command>, req: Request) -> Reply {
     if req == Request::Status {
         return Response {
             ok: true,
             state: shared.state().as_str().into(),
             error: None,
             status: Some(shared.status_json()),
-        };
+        }
+        .into();
     }
     let (rtx, rrx) = mpsc::channel();
-    let failed = |msg: &str| Response {
-        ok: false,
-        state: shared.state().as_str().into(),
-        error: Some(msg.into()),
-        status: None,
+    let failed = |msg: &str| -> Reply {
+        Response {
+            ok: false,
+            state: shared.state().as_str().into(),
+            error: Some(msg.into()),
+            status: None,
+        }
+        .into()
     };
     if tx.send(Command::Request(req, rtx)).is_err() {
         return failed("the service is shutting down");
@@ -331,7 +344,9 @@ fn spawn_button_thread(
         .spawn(move || {
             for ev in rx {
                 match shared.state() {
-                    s @ (ServiceState::Detaching | ServiceState::Starting) => {
+                    s @ (ServiceState::Detaching
+                    | ServiceState::Starting
+                    | ServiceState::Upgrading) => {
                         info!("button {ev:?} ignored while {}", s.as_str());
                     }
                     _ => {
@@ -370,6 +385,7 @@ struct Service {
     pending: Option<DeviceInfo>,
     usb: Option<UsbGadget>,
     exit: Exit,
+    origin: upgrade::Origin,
 }
 
 impl Service {
@@ -433,19 +449,48 @@ impl Service {
             };
             let detached = match cmd {
                 Command::Request(Request::Status, reply) => {
-                    let _ = reply.send(self.response(Ok(())));
+                    let _ = reply.send(self.response(Ok(())).into());
+                    false
+                }
+                Command::Request(Request::Upgrade { binary }, reply) => {
+                    match self.upgrade_plan(binary) {
+                        Err(e) => {
+                            warn!("upgrade refused: {e}");
+                            let _ = reply.send(self.response(Err(e)).into());
+                        }
+                        Ok(binary) => {
+                            let (wtx, wrx) = mpsc::channel();
+                            let accepted = Reply {
+                                response: Response {
+                                    ok: true,
+                                    state: ServiceState::Upgrading.as_str().into(),
+                                    error: None,
+                                    status: Some(serde_json::json!({
+                                        "instance": self.shared.instance,
+                                    })),
+                                },
+                                written: Some(wtx),
+                            };
+                            if reply.send(accepted).is_ok() {
+                                // Bounded: a client that stopped reading must
+                                // not hold the device back.
+                                let _ = wrx.recv_timeout(Duration::from_secs(5));
+                            }
+                            self.upgrade(&binary, rx);
+                        }
+                    }
                     false
                 }
                 Command::Request(Request::Detach { exit }, reply) => {
                     self.exit.requested |= exit;
                     let r = self.detach();
                     let ok = r.is_ok();
-                    let _ = reply.send(self.response(r));
+                    let _ = reply.send(self.response(r).into());
                     ok
                 }
                 Command::Request(Request::Attach, reply) => {
                     let r = self.attach();
-                    let _ = reply.send(self.response(r.map_err(|e| e.to_string())));
+                    let _ = reply.send(self.response(r.map_err(|e| e.to_string())).into());
                     false
                 }
                 Command::Signal(sig) => {
@@ -635,6 +680,115 @@ impl Service {
         Ok(())
     }
 
+    /// What `usrbd upgrade` may hand over, checked while the device still
+    /// serves: the binary to exec, or why not.
+    fn upgrade_plan(
+        &self,
+        binary: Option<std::path::PathBuf>,
+    ) -> Result<std::path::PathBuf, String> {
+        let state = self.shared.state();
+        if state != ServiceState::Serving
+            || self.workers.is_none()
+            || self.pending.is_some()
+            || self.shared.lock().device.is_none()
+        {
+            return Err(format!(
+                "no device to hand over while {}: restart the service instead",
+                state.as_str()
+            ));
+        }
+        if self.shared.backend.memory().is_some() {
+            return Err(format!(
+                "the {} backend keeps the device's data in this process's memory, which the exec would drop: \
+                 `usrbd detach --exit` (saves the image), then start the service with the new binary",
+                self.shared.backend.kind()
+            ));
+        }
+        if self.usb.is_some() {
+            return Err(
+                "with the USB export the new process would rebuild the gadget (the host sees the drive \
+                 unplugged): `usrbd detach --exit`, then start the service with the new binary"
+                    .into(),
+            );
+        }
+        let binary = binary
+            .or_else(|| self.origin.exe.clone())
+            .ok_or("this server does not know its own executable; pass --binary")?;
+        upgrade::check(&binary, &self.origin.args, &self.cfg.identity())?;
+        Ok(binary)
+    }
+
+    /// Hands the device to `binary`: the workers answer what they hold and
+    /// fetch nothing more (what arrives meanwhile waits in the module's queue),
+    /// the backend is flushed, the server fds close with the device left in
+    /// place, and the process execs; the new image adopts the device as after
+    /// a crash (file backend), within the request timeout. Returns only if
+    /// that failed, then serving again itself.
+    fn upgrade(&mut self, binary: &Path, rx: &Receiver<Command>) {
+        self.shared.lock().state = ServiceState::Upgrading;
+        let t0 = Instant::now();
+        if let Some(w) = self.workers.take() {
+            w.stop();
+            // Its queue already had no server: the new one takes it all the same.
+            if let Err(e) = w.join() {
+                warn!("upgrade: {e}");
+            }
+        }
+        let why = match self.shared.backend.flush() {
+            Err(e) => format!("upgrade: flushing the backend: {e}"),
+            // The exec would drop it: a stop (systemd's SIGTERM) would be lost.
+            Ok(()) if self.signalled_meanwhile(rx) => {
+                self.exit.requested = true;
+                self.exit.retry_until = Some(Instant::now() + EXIT_RETRY_FOR);
+                "upgrade: abandoned for the signal that came meanwhile".to_owned()
+            }
+            Ok(()) => {
+                info!(
+                    "upgrade: quiesced and flushed in {} ms; exec {}",
+                    t0.elapsed().as_millis(),
+                    binary.display()
+                );
+                let e = upgrade::exec(binary, &self.origin.args);
+                format!("upgrade: exec {}: {e}", binary.display())
+            }
+        };
+        error!("{why}; serving on with this binary");
+        // The device waits for a server: this one again (attach adopts it).
+        self.shared.lock().device = None;
+        match self.attach() {
+            Ok(()) => self.shared.lock().error = Some(why),
+            Err(e) => {
+                let msg = format!("{why}; re-attaching: {e}");
+                error!("{msg}");
+                self.shared
+                    .show(ServiceState::Error, ApplianceState::Error, Some(msg));
+            }
+        }
+    }
+
+    /// Empties the command queue before an exec: true if a signal asked this
+    /// process to exit; requests are refused (their clients would get no
+    /// answer at all), button presses dropped.
+    fn signalled_meanwhile(&self, rx: &Receiver<Command>) -> bool {
+        let mut signalled = false;
+        for cmd in rx.try_iter() {
+            match cmd {
+                Command::Signal(sig) => {
+                    info!("{sig} during the upgrade: detaching and exiting instead");
+                    signalled = true;
+                }
+                Command::Request(_, reply) => {
+                    let _ = reply.send(
+                        self.response(Err("an upgrade is handing the device over".into()))
+                            .into(),
+                    );
+                }
+                Command::Button(ev) => info!("button {ev:?} ignored while upgrading"),
+            }
+        }
+        signalled
+    }
+
     /// Runs or resumes the detach of the served device, or of the one whose
     /// final sync is pending.
     fn detach(&mut self) -> Result<(), String> {
@@ -683,7 +837,7 @@ impl Service {
         let Some(w) = self.workers.take() else { return };
         let why = match w.join() {
             Ok(()) => "the device was destroyed outside the service".to_owned(),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         error!("workers stopped: {why}");
         if let Some(g) = self.usb.as_mut() {

@@ -22,6 +22,8 @@ pub enum ServiceState {
     Detaching,
     Safe,
     Error,
+    /// Handing the device to a new binary (`usrbd upgrade`).
+    Upgrading,
 }
 
 impl ServiceState {
@@ -32,6 +34,7 @@ impl ServiceState {
             ServiceState::Detaching => "detaching",
             ServiceState::Safe => "safe",
             ServiceState::Error => "error",
+            ServiceState::Upgrading => "upgrading",
         }
     }
 }
@@ -54,6 +57,9 @@ pub(super) struct Shared {
     pub name: String,
     /// The USB gadget, as the status report and the LEDs look at it.
     pub usb: Option<UsbProbe>,
+    /// Tells this process image from the next one of the same pid after an
+    /// upgrade's exec.
+    pub instance: u64,
 }
 
 impl Shared {
@@ -100,6 +106,9 @@ impl Shared {
             .map_or(Value::Null, |s| kernel_json(&s));
         let mut v = json!({
             "state": snap.state.as_str(),
+            "instance": self.instance,
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
             "device": device,
             "backend": self.backend.kind(),
             "served": self.stats.snapshot(),
