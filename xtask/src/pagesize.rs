@@ -166,7 +166,8 @@ fn kernel(paths: &Paths, size: &PageSize, vars: &[String]) -> Result<Kernel> {
                 .arg(&src),
         )?;
     }
-    let _ = fs::remove_dir_all(&dir);
+    // An interrupted build resumes (make is incremental); its time then
+    // counts only the resumed part.
     fs::create_dir_all(&build)?;
     let frag_path = dir.join("fragment.config");
     fs::write(&frag_path, &frag)?;
