@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -285,6 +285,9 @@ pub fn run(size_name: &str) -> Result<()> {
         // under TCG than the architected one.
         cpu: "max,pauth-impdef=on",
         led_tags: &[],
+        // `-cpu max` under TCG on a shared machine: about 3 minutes when
+        // idle, so a wide margin.
+        timeout: Duration::from_secs(900),
         work,
     };
     let (_, failed) = vm::run(&inputs)?;

@@ -76,6 +76,8 @@ pub fn arm64_tier() -> Result<(usize, usize)> {
         files: Vec::new(),
         cpu: "cortex-a72",
         led_tags: &["aarch64", "armv7"],
+        // A healthy run takes well under a minute.
+        timeout: std::time::Duration::from_secs(300),
         work: cache.join("vm"),
     };
     eprintln!("cross: arm64 VM kernel {ver}-arm64");

@@ -21,8 +21,6 @@ use anyhow::{bail, Context, Result};
 use crate::image::cpio;
 
 const MARKER: &str = "@@USRBD ";
-/// The whole boot; a healthy run takes well under a minute.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STATUS_LINE: u32 = 4;
 const ERROR_LINE: u32 = 5;
 /// Time the service gets after the last I/O to settle its status LED.
@@ -46,6 +44,8 @@ pub struct Inputs {
     pub cpu: &'static str,
     /// Services whose LED sequence the host checks (the guest's `serve` tags).
     pub led_tags: &'static [&'static str],
+    /// The whole boot, scenarios included.
+    pub timeout: Duration,
     /// Where the console log, the trace and the initramfs are written.
     pub work: PathBuf,
 }
@@ -127,7 +127,7 @@ pub fn run(inputs: &Inputs) -> Result<(usize, usize)> {
     let mut marks: BTreeMap<String, Marks> = BTreeMap::new();
     let mut qmp: Option<Qmp> = None;
     let mut finished = false;
-    while let Some(left) = BOOT_TIMEOUT.checked_sub(started.elapsed()) {
+    while let Some(left) = inputs.timeout.checked_sub(started.elapsed()) {
         let (when, line) = match lines.recv_timeout(left) {
             Ok(l) => l,
             Err(_) => break,
