@@ -181,9 +181,15 @@ static const char *usrbd_create_invalid(const struct usrbd_create *c)
 		return "nr_queues must be 1 .. min(max_queues, online CPUs)";
 	if (!c->queue_depth || c->queue_depth > USRBD_MAX_QUEUE_DEPTH)
 		return "queue_depth must be 1 .. USRBD_MAX_QUEUE_DEPTH";
-	if (!c->max_io_bytes || c->max_io_bytes % 4096 ||
+	/*
+	 * The block layer needs a page per request at least (6.9+ warns and
+	 * fails the allocation, older kernels raise the limit to a page and
+	 * the larger requests would then fail here), and the tag buffer slots
+	 * stay page aligned: 16 KiB on Pi 5 kernels, 64 KiB on some arm64.
+	 */
+	if (!c->max_io_bytes || !IS_ALIGNED(c->max_io_bytes, PAGE_SIZE) ||
 	    c->max_io_bytes > USRBD_MAX_IO_BYTES)
-		return "max_io_bytes must be a multiple of 4096, <= USRBD_MAX_IO_BYTES";
+		return "max_io_bytes must be a multiple of the page size, <= USRBD_MAX_IO_BYTES";
 	if (c->timeout_ms > USRBD_MAX_TIMEOUT_MS)
 		return "timeout_ms must be at most one hour";
 	return NULL;

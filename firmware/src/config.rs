@@ -362,11 +362,14 @@ impl ServiceConfig {
             USRBD_MAX_QUEUE_DEPTH,
         )?;
         let max_io = o.max_io.or(d.max_io).map_or(256 * 1024, |s| s.0);
-        if max_io == 0 || max_io % 4096 != 0 || max_io > u64::from(USRBD_MAX_IO_BYTES) {
+        // usrbd.ko refuses a max_io that is not a whole number of the
+        // kernel's pages (16 KiB on Pi 5 kernels); say so before asking it.
+        let page = crate::backend::page_size() as u64;
+        if max_io == 0 || max_io % page != 0 || max_io > u64::from(USRBD_MAX_IO_BYTES) {
             return Err(invalid(
                 "device.max_io (--max-io)",
                 max_io,
-                format!("a multiple of 4096 up to {USRBD_MAX_IO_BYTES}"),
+                format!("a multiple of the {page}-byte page size up to {USRBD_MAX_IO_BYTES}"),
             ));
         }
         let timeout_ms = o.timeout_ms.or(d.timeout_ms).unwrap_or(30_000);

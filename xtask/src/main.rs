@@ -9,6 +9,7 @@ mod cross_rs;
 mod deb;
 mod image;
 mod module;
+mod pagesize;
 mod scenarios;
 mod setup;
 mod soak;
@@ -27,7 +28,9 @@ tasks:
               (test, demo and cross-rs take --clean-room: run inside a fresh root
               that has only a new machine's packages; `test --clean-room` is what CI runs)
   vm          interactive shell in the test VM
-  kmod        build usrbd.ko against the test kernel's headers
+  kmod        build usrbd.ko against the test kernel's headers; --kdir TREE [--arch arm64]
+              [--defconfig NAME]: against a kernel source tree on disk (prepared first
+              with --defconfig)
   cross       build service and module for aarch64 and armv7
   cross-rs    `cross build --release` for aarch64 and armv7 with Podman, and the module in that image
   deb         Debian packages: usrbd-dkms and usrbd (amd64, arm64, armhf), lintian

@@ -412,6 +412,17 @@ pub fn ensure_qemu(pkgs: &[&str]) -> Result<()> {
     apt::install(&extra, &missing).context("installing QEMU")
 }
 
+/// What configuring and preparing a kernel tree needs on the host beyond
+/// gcc and make: Kconfig's lexer and parser, `bc` for the timeconst header,
+/// OpenSSL for the signing tools, libelf for objtool and resolve_btfids.
+const KERNEL_BUILD_PACKAGES: &[&str] = &["bc", "bison", "cpio", "flex", "libelf-dev", "libssl-dev"];
+
+/// Installs the host packages a kernel tree's `make <defconfig>`,
+/// `modules_prepare` and a kernel build use.
+pub fn ensure_kernel_build_tools() -> Result<()> {
+    apt::install_missing(KERNEL_BUILD_PACKAGES).context("installing the kernel build tools")
+}
+
 fn ensure_rust_components() -> Result<()> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let have = |sub: &str| cmd::succeeds(Command::new(&cargo).args([sub, "--version"]));

@@ -19,12 +19,15 @@ use crate::setup::{self, Env, Paths, Scope};
 use crate::vm::Vm;
 
 const TEST_USAGE: &str = "\
-usage: cargo xtask test [--vm-only] [--filter NAME]...
+usage: cargo xtask test [--vm-only] [--filter NAME]... | --pagesize 16k
 
   --vm-only      only the x86 VM scenarios (no fmt/clippy/cargo test, 6.1
                  build, checkpatch, arm64 tier or image tier)
   --filter NAME  run only x86 scenarios whose name contains NAME (repeatable;
                  skips the arm64 and image tiers)
+  --pagesize 16k only the module and the aarch64 service on an arm64 kernel
+                 with 16 KiB pages (built once from linux-source-6.12) in
+                 QEMU virt: not part of the default run
 ";
 
 /// Boot, guest setup and slack per VM on top of the scenarios' own timeouts.
@@ -165,12 +168,14 @@ impl Guest {
 struct TestOptions {
     vm_only: bool,
     filters: Vec<String>,
+    pagesize: Option<String>,
 }
 
 fn parse_test_args(args: &[String]) -> Result<TestOptions> {
     let mut opts = TestOptions {
         vm_only: false,
         filters: Vec::new(),
+        pagesize: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -179,6 +184,9 @@ fn parse_test_args(args: &[String]) -> Result<TestOptions> {
             "--filter" => opts
                 .filters
                 .push(it.next().context("--filter needs a NAME")?.clone()),
+            "--pagesize" => {
+                opts.pagesize = Some(it.next().context("--pagesize needs a SIZE")?.clone())
+            }
             "-h" | "--help" => {
                 print!("{TEST_USAGE}");
                 std::process::exit(0);
@@ -194,6 +202,12 @@ fn parse_test_args(args: &[String]) -> Result<TestOptions> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let opts = parse_test_args(args)?;
+    if let Some(size) = &opts.pagesize {
+        if opts.vm_only || !opts.filters.is_empty() {
+            bail!("--pagesize runs on its own (no --vm-only or --filter)");
+        }
+        return crate::pagesize::run(size);
+    }
     let paths = Paths::new();
     let all = scenarios::discover(&paths.repo.join("tests/scenarios"))?;
     let chosen = scenarios::select(all, &opts.filters);
@@ -517,11 +531,72 @@ fn make_executable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn kmod(args: &[String]) -> Result<()> {
-    if let Some(a) = args.first() {
-        bail!("`cargo xtask kmod` takes no options (got `{a}`)");
+/// Options of `cargo xtask kmod`.
+#[derive(Debug, Default, PartialEq)]
+struct KmodArgs {
+    /// A kernel source tree to build against instead of Debian's headers.
+    kdir: Option<PathBuf>,
+    /// Its ARCH (arm64 picks the project's cross gcc).
+    arch: Option<String>,
+    /// Configure and `modules_prepare` the tree with this target first.
+    defconfig: Option<String>,
+}
+
+fn parse_kmod_args(args: &[String]) -> Result<KmodArgs> {
+    let mut o = KmodArgs::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("`{a}` needs a value"))
+        };
+        match a.as_str() {
+            "--kdir" => o.kdir = Some(PathBuf::from(value()?)),
+            "--arch" => o.arch = Some(value()?),
+            "--defconfig" => o.defconfig = Some(value()?),
+            other => bail!(
+                "`cargo xtask kmod` takes --kdir TREE [--arch ARCH] [--defconfig NAME] \
+                 (got `{other}`)"
+            ),
+        }
     }
+    if o.kdir.is_none() && (o.arch.is_some() || o.defconfig.is_some()) {
+        bail!("--arch and --defconfig go with --kdir");
+    }
+    Ok(o)
+}
+
+/// `cargo xtask kmod`: W=1 builds against Debian's 6.12 and 6.1 headers or,
+/// with --kdir, against a kernel tree already on disk (nothing is
+/// downloaded), optionally configured and prepared first.
+pub fn kmod(args: &[String]) -> Result<()> {
+    let opts = parse_kmod_args(args)?;
     let paths = Paths::new();
+    if let Some(kdir) = &opts.kdir {
+        let vars = module::arch_vars(opts.arch.as_deref())?;
+        if let Some(defconfig) = &opts.defconfig {
+            let took = module::prepare_tree(kdir, &vars, defconfig)?;
+            println!(
+                "prepared {} ({defconfig}, modules_prepare) in {:.0} s",
+                kdir.display(),
+                took.as_secs_f64()
+            );
+        }
+        let name = kdir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "tree".to_string());
+        let label = format!("tree-{name}-{}", opts.arch.as_deref().unwrap_or("host"));
+        let start = Instant::now();
+        let built = module::build_against(&paths, kdir, &label, &vars)?;
+        println!(
+            "built {} (W=1, no warnings) in {:.0} s",
+            built.ko.display(),
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let env = setup::ensure(&paths, Scope::Kmod)?;
     for release in std::iter::once(&env.kernel).chain(env.kernel_61.iter()) {
         let built = module::build(&paths, release)?;
@@ -545,5 +620,29 @@ mod tests {
         assert_eq!(o.filters, ["fuzz", "crash"]);
         assert!(parse_test_args(&["--bogus".to_string()]).is_err());
         assert!(parse_test_args(&["--filter".to_string()]).is_err());
+        let p = parse_test_args(&["--pagesize".to_string(), "16k".to_string()]).unwrap();
+        assert_eq!(p.pagesize.as_deref(), Some("16k"));
+    }
+
+    #[test]
+    fn kmod_args_parse() {
+        let a: Vec<String> = [
+            "--kdir",
+            "/k/rpi",
+            "--arch",
+            "arm64",
+            "--defconfig",
+            "bcm2712_defconfig",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let o = parse_kmod_args(&a).unwrap();
+        assert_eq!(o.kdir.as_deref(), Some(Path::new("/k/rpi")));
+        assert_eq!(o.arch.as_deref(), Some("arm64"));
+        assert_eq!(o.defconfig.as_deref(), Some("bcm2712_defconfig"));
+        assert_eq!(parse_kmod_args(&[]).unwrap(), KmodArgs::default());
+        assert!(parse_kmod_args(&["--arch".to_string(), "arm64".to_string()]).is_err());
+        assert!(parse_kmod_args(&["--kdir".to_string()]).is_err());
     }
 }

@@ -42,7 +42,8 @@ pub struct ServeArgs {
     /// Requests in flight per queue [default: 64]
     #[arg(long, value_name = "N")]
     depth: Option<u32>,
-    /// Largest request, a multiple of 4096 [default: 256KiB]
+    /// Largest request, a multiple of the page size (4096; 16384 on Pi 5
+    /// kernels) [default: 256KiB]
     #[arg(long, value_name = "SIZE")]
     max_io: Option<Size>,
     /// Logical block size: 512, 1024, 2048 or 4096 [default: 512]

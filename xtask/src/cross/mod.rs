@@ -7,8 +7,8 @@
 //! Debian's arm64/armhf `.deb`s unpacked under `target/cross/`.
 
 pub(crate) mod build;
-mod debian;
-mod vm;
+pub(crate) mod debian;
+pub(crate) mod vm;
 
 use anyhow::{bail, Context, Result};
 
@@ -72,6 +72,12 @@ pub fn arm64_tier() -> Result<(usize, usize)> {
         ],
         module: bin(&AARCH64, "usrbd.ko"),
         tests: root.join("tests/arm64"),
+        scenarios: root.join("tests/arm64/scenarios"),
+        files: Vec::new(),
+        cpu: "cortex-a72",
+        led_tags: &["aarch64", "armv7"],
+        // A healthy run takes well under a minute.
+        timeout: std::time::Duration::from_secs(300),
         work: cache.join("vm"),
     };
     eprintln!("cross: arm64 VM kernel {ver}-arm64");
@@ -129,7 +135,7 @@ fn build_all() -> Result<()> {
 }
 
 /// Toolchains and apt architectures every cross task needs.
-fn prepare() -> Result<()> {
+pub(crate) fn prepare() -> Result<()> {
     apt::install_missing(&["make", "file", "bc", "tar"])?;
     apt::add_architectures(&["arm64", "armhf"])?;
     setup::ensure_rust_targets(&TARGETS.map(|t| t.triple))

@@ -21,12 +21,8 @@ use anyhow::{bail, Context, Result};
 use crate::image::cpio;
 
 const MARKER: &str = "@@USRBD ";
-/// The whole boot; a healthy run takes well under a minute.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STATUS_LINE: u32 = 4;
 const ERROR_LINE: u32 = 5;
-/// Services whose LED sequence the host checks (the guest's `serve` tags).
-const LED_TAGS: [&str; 2] = ["aarch64", "armv7"];
 /// Time the service gets after the last I/O to settle its status LED.
 const SETTLE_S: f64 = 0.3;
 
@@ -37,7 +33,19 @@ pub struct Inputs {
     /// `(name in /bin, host path)`: services, vmkit.
     pub binaries: Vec<(String, PathBuf)>,
     pub module: PathBuf,
+    /// Holds `init` and `lib.sh`.
     pub tests: PathBuf,
+    /// The `NN-name.sh` scenarios to run, in order.
+    pub scenarios: PathBuf,
+    /// `(path in the initramfs, host path)`: data files (under `data/`).
+    pub files: Vec<(String, PathBuf)>,
+    /// QEMU's `-cpu` (a 16 KiB-page kernel needs `max`: the Cortex-A72 has
+    /// no 16 KiB translation granule).
+    pub cpu: &'static str,
+    /// Services whose LED sequence the host checks (the guest's `serve` tags).
+    pub led_tags: &'static [&'static str],
+    /// The whole boot, scenarios included.
+    pub timeout: Duration,
     /// Where the console log, the trace and the initramfs are written.
     pub work: PathBuf,
 }
@@ -73,7 +81,7 @@ struct Edge {
 pub fn run(inputs: &Inputs) -> Result<(usize, usize)> {
     std::fs::create_dir_all(&inputs.work)
         .with_context(|| format!("cannot create {}", inputs.work.display()))?;
-    let scenarios = scenario_names(&inputs.tests)?;
+    let scenarios = scenario_names(&inputs.scenarios)?;
     let initrd = inputs.work.join("initramfs.cpio");
     std::fs::write(&initrd, initramfs(inputs)?)
         .with_context(|| format!("cannot write {}", initrd.display()))?;
@@ -91,16 +99,7 @@ pub fn run(inputs: &Inputs) -> Result<(usize, usize)> {
         .with_context(|| format!("cannot create {}", console_path.display()))?;
 
     let mut qemu = Command::new("qemu-system-aarch64")
-        .args([
-            "-M",
-            "virt",
-            "-cpu",
-            "cortex-a72",
-            "-smp",
-            "2",
-            "-m",
-            "1024",
-        ])
+        .args(["-M", "virt", "-cpu", inputs.cpu, "-smp", "2", "-m", "1024"])
         .args(["-accel", "tcg", "-nographic", "-no-reboot", "-nodefaults"])
         .args(["-serial", "stdio", "-msg", "timestamp=on"])
         .arg("-kernel")
@@ -128,7 +127,7 @@ pub fn run(inputs: &Inputs) -> Result<(usize, usize)> {
     let mut marks: BTreeMap<String, Marks> = BTreeMap::new();
     let mut qmp: Option<Qmp> = None;
     let mut finished = false;
-    while let Some(left) = BOOT_TIMEOUT.checked_sub(started.elapsed()) {
+    while let Some(left) = inputs.timeout.checked_sub(started.elapsed()) {
         let (when, line) = match lines.recv_timeout(left) {
             Ok(l) => l,
             Err(_) => break,
@@ -195,7 +194,7 @@ pub fn run(inputs: &Inputs) -> Result<(usize, usize)> {
         }
     }
     let edges = parse_trace(&trace)?;
-    for tag in LED_TAGS {
+    for &tag in inputs.led_tags {
         let outcome = match marks.get(tag) {
             Some(m) => match check_leds(m, &edges) {
                 Ok(detail) => Outcome {
@@ -237,8 +236,8 @@ fn report(o: &Outcome) {
 }
 
 /// Scenario names as the guest reports them: `NN-name.sh` → `name`.
-fn scenario_names(tests: &Path) -> Result<Vec<String>> {
-    let mut names: Vec<String> = scenario_files(tests)?
+fn scenario_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = scenario_files(dir)?
         .iter()
         .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
         .map(|stem| match stem.split_once('-') {
@@ -250,9 +249,8 @@ fn scenario_names(tests: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn scenario_files(tests: &Path) -> Result<Vec<PathBuf>> {
-    let dir = tests.join("scenarios");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "sh"))
@@ -284,7 +282,10 @@ fn initramfs(inputs: &Inputs) -> Result<Vec<u8>> {
     archive.file("usrbd.ko", 0o644, &read(&inputs.module)?)?;
     archive.file("init", 0o755, &read(&inputs.tests.join("init"))?)?;
     archive.file("tests/lib.sh", 0o644, &read(&inputs.tests.join("lib.sh"))?)?;
-    for script in scenario_files(&inputs.tests)? {
+    for (name, path) in &inputs.files {
+        archive.file(name, 0o644, &read(path)?)?;
+    }
+    for script in scenario_files(&inputs.scenarios)? {
         let name = script
             .file_name()
             .and_then(|n| n.to_str())

@@ -100,7 +100,10 @@ struct usrbd_create {
 	__u32 physical_block_size; /* >= logical, power of two, <= 4096 */
 	__u32 nr_queues;	/* 1 .. min(max_queues, online CPUs) */
 	__u32 queue_depth;	/* 1 .. max_queue_depth */
-	__u32 max_io_bytes;	/* per request, multiple of 4096, <= max_io_bytes */
+	__u32 max_io_bytes;	/* per request, <= max_io_bytes, a multiple of
+				 * the kernel's page size: sysconf(_SC_PAGESIZE),
+				 * 4096, 16384 on Pi 5 kernels (EINVAL if not)
+				 */
 	__u32 timeout_ms;	/* per request; 0 selects the module default */
 	__u32 flags;		/* USRBD_F_* */
 	__u32 reserved[5];	/* must be zero */
