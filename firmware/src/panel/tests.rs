@@ -234,15 +234,25 @@ fn start_drives_sysfs_leds() {
     let (tx, _rx) = mpsc::channel();
     let panel = Panel::start(&cfg, tx).unwrap();
     // A regular file, unlike sysfs, is empty between the truncate and the
-    // write of each level: wait for the write to land.
-    wait_until("status trigger none", || {
-        read(&status.join("trigger")) == "none"
+    // write of each value: wait for the write to land. Starting blinks, and
+    // the kernel's timer trigger carries that blink; the error LED is taken
+    // over (trigger none) and stays dark.
+    wait_until("status trigger timer", || {
+        read(&status.join("trigger")) == "timer"
+    });
+    let half = (pattern::STARTING_PERIOD_MS / 2).to_string();
+    wait_until("status delay_off", || {
+        read(&status.join("delay_off")) == half
     });
     wait_until("error trigger none", || {
         read(&error.join("trigger")) == "none"
     });
     let h = panel.handle();
     h.set_state(ApplianceState::Serving);
+    // A level ends the kernel's blink first.
+    wait_until("status trigger none", || {
+        read(&status.join("trigger")) == "none"
+    });
     wait_until("brightness max", || {
         read(&status.join("brightness")) == "255"
     });
