@@ -292,14 +292,7 @@ fn serve_loop(mut srv: Server, held: Option<&Held>, served: &AtomicU64) -> Resul
     let mut reqs = vec![usrbd_request::default(); DEPTH as usize];
     let mut answers: Vec<usrbd_completion> = Vec::new();
     loop {
-        let mut s = usrbd_serve {
-            completions: answers.as_ptr() as u64,
-            requests: reqs.as_mut_ptr() as u64,
-            nr_completions: answers.len() as u32,
-            max_requests: DEPTH,
-            wait_ms: 200,
-            ..Default::default()
-        };
+        let mut s = rig::serve_args(&answers, &mut reqs, 200);
         if let Some(h) = held {
             h.valid.store(false, Ordering::SeqCst);
         }

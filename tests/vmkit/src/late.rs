@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
-use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_serve};
+use usrbd::uapi::{self, usrbd_completion, usrbd_request};
 
 use crate::fuzz::rig::{self, AlignedBuf, DeviceSpec};
 
@@ -67,14 +67,7 @@ impl Server {
         wait_ms: u32,
     ) -> Result<Option<usrbd_request>, Errno> {
         let mut req = [usrbd_request::default()];
-        let mut s = usrbd_serve {
-            completions: answers.as_ptr() as u64,
-            requests: req.as_mut_ptr() as u64,
-            nr_completions: answers.len() as u32,
-            max_requests: 1,
-            wait_ms,
-            ..Default::default()
-        };
+        let mut s = rig::serve_args(answers, &mut req, wait_ms);
         rig::ioctl_struct(self.fd.as_raw_fd(), rig::SERVE, &mut s)?;
         Ok((s.nr_requests == 1).then_some(req[0]))
     }

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_serve};
+use usrbd::uapi::{self, usrbd_completion, usrbd_request};
 
 use crate::fuzz::rig::{self, AlignedBuf, DeviceSpec};
 
@@ -23,14 +23,7 @@ const BLOCK: usize = 4096;
 
 /// One SERVE; the number of requests fetched, or the errno.
 fn serve(fd: i32, answers: &[usrbd_completion], reqs: &mut [usrbd_request]) -> Result<u32, i32> {
-    let mut s = usrbd_serve {
-        completions: answers.as_ptr() as u64,
-        requests: reqs.as_mut_ptr() as u64,
-        nr_completions: answers.len() as u32,
-        max_requests: reqs.len() as u32,
-        wait_ms: 10_000,
-        ..Default::default()
-    };
+    let mut s = rig::serve_args(answers, reqs, 10_000);
     rig::ioctl_struct(fd, rig::SERVE, &mut s)
         .map(|_| s.nr_requests)
         .map_err(|e| e as i32)

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use nix::errno::Errno;
 use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
-use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_serve, usrbd_status};
+use usrbd::uapi::{self, usrbd_completion, usrbd_request, usrbd_status};
 
 use crate::fuzz::rig::{self, AlignedBuf, DeviceSpec};
 
@@ -112,14 +112,7 @@ fn serve_forever(fd: OwnedFd) {
     let mut reqs = vec![usrbd_request::default(); DEPTH as usize];
     let mut answers: Vec<usrbd_completion> = Vec::new();
     loop {
-        let mut s = usrbd_serve {
-            completions: answers.as_ptr() as u64,
-            requests: reqs.as_mut_ptr() as u64,
-            nr_completions: answers.len() as u32,
-            max_requests: DEPTH,
-            wait_ms: 1000,
-            ..Default::default()
-        };
+        let mut s = rig::serve_args(&answers, &mut reqs, 1000);
         if rig::ioctl_struct(fd.as_raw_fd(), rig::SERVE, &mut s).is_err()
             || s.events & uapi::USRBD_EV_GONE != 0
         {

@@ -163,14 +163,7 @@ fn spawn_sleeper(fd: RawFd) -> thread::JoinHandle<()> {
         let mut reqs = vec![usrbd_request::default(); DEPTH as usize];
         let mut answers: Vec<usrbd_completion> = Vec::new();
         loop {
-            let mut s = usrbd_serve {
-                completions: answers.as_ptr() as u64,
-                requests: reqs.as_mut_ptr() as u64,
-                nr_completions: answers.len() as u32,
-                max_requests: DEPTH,
-                wait_ms: SLEEPER_WAIT_MS,
-                ..Default::default()
-            };
+            let mut s = rig::serve_args(&answers, &mut reqs, SLEEPER_WAIT_MS);
             let r = rig::ioctl_struct(fd, rig::SERVE, &mut s);
             if r.is_err() || s.events & uapi::USRBD_EV_GONE != 0 {
                 return;

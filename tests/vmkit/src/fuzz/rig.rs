@@ -457,6 +457,23 @@ impl Device {
     }
 }
 
+/// SERVE's argument: hands `answers` back and fetches up to `reqs.len()`
+/// requests into `reqs`, sleeping at most `wait_ms` for one.
+pub fn serve_args(
+    answers: &[usrbd_completion],
+    reqs: &mut [usrbd_request],
+    wait_ms: u32,
+) -> usrbd_serve {
+    usrbd_serve {
+        completions: answers.as_ptr() as u64,
+        requests: reqs.as_mut_ptr() as u64,
+        nr_completions: answers.len() as u32,
+        max_requests: reqs.len() as u32,
+        wait_ms,
+        ..Default::default()
+    }
+}
+
 pub fn attach(ctl: RawFd, index: u32, queue: u32, addr: u64, len: u64) -> Result<OwnedFd, Errno> {
     let mut a = uapi::usrbd_attach {
         index,
