@@ -358,6 +358,42 @@ ackwrite_stop() {
 	wait "$ACK_PID" 2>/dev/null || ACK_RC=$?
 }
 
+# ackwrite_alive WHAT: fails with WHAT (and ackwrite's output) unless the
+# writer started by ackwrite_start still runs.
+ackwrite_alive() {
+	running "$ACK_PID" || {
+		cat "$USRBD_TMP/ackwrite.out"
+		fail "$1"
+	}
+}
+
+# ackwrite_finish_ext4 MNT DMESG_FROM WHEN: the writer must still run and
+# stop with no I/O error seen; MNT is unmounted, and no ext4 or I/O error
+# may be in the kernel log from line DMESG_FROM on ("errors WHEN").
+ackwrite_finish_ext4() {
+	sleep 1
+	ackwrite_alive "the writer stopped (an I/O error reached it)"
+	ackwrite_stop
+	cat "$USRBD_TMP/ackwrite.out"
+	[ "$ACK_RC" -eq 0 ] || fail "the writer saw an I/O error (exit $ACK_RC)"
+	check "umount" umount "$1"
+	errors=$(dmesg | tail -n +"$2" | grep -E 'EXT4-fs (error|warning)|I/O error|Buffer I/O' || true)
+	if [ -n "$errors" ]; then
+		echo "$errors"
+		fail "the kernel logged errors $3"
+	fi
+	log "ok: no ext4 or I/O error in dmesg"
+}
+
+# ext4_image_ackcheck IMAGE FILE LOG: e2fsck of the ext4 IMAGE is clean and
+# every block acknowledged in LOG is in FILE on it (ACK_CHECKED).
+ext4_image_ackcheck() {
+	check "e2fsck -fn clean" e2fsck -fn "$1"
+	mount_dev "$1" "$USRBD_TMP/image" -o ro,loop
+	ackcheck_image "$USRBD_TMP/image/$2" "$3"
+	umount "$USRBD_TMP/image"
+}
+
 # ackcheck_image IMAGE LOG: every acknowledged block is on IMAGE; sets
 # ACK_CHECKED to the number of blocks checked.
 ackcheck_image() {

@@ -35,10 +35,7 @@ i=0
 while [ $i -lt "$cycles" ]; do
 	i=$((i + 1))
 	sleep_ms "$(rand_between 300 1500)"
-	running "$ACK_PID" || {
-		cat "$USRBD_TMP/ackwrite.out"
-		fail "cycle $i: the writer stopped before the kill"
-	}
+	ackwrite_alive "cycle $i: the writer stopped before the kill"
 	kill -KILL "$SERVER_PID"
 	wait_until 30 "the killed server to exit" not_running "$SERVER_PID"
 	wait "$SERVER_PID" 2>/dev/null || true
@@ -47,25 +44,8 @@ while [ $i -lt "$cycles" ]; do
 		fail "cycle $i: the new server did not re-attach (see its log)"
 	log "cycle $i, t+$(($(date +%s) - t0))s: $(acked_count "$ack") writes acknowledged so far"
 done
-sleep 1
-running "$ACK_PID" || {
-	cat "$USRBD_TMP/ackwrite.out"
-	fail "the writer stopped (an I/O error reached it)"
-}
-ackwrite_stop
-cat "$USRBD_TMP/ackwrite.out"
-[ "$ACK_RC" -eq 0 ] || fail "the writer saw an I/O error (exit $ACK_RC)"
-check "umount" umount "$mnt"
-errors=$(dmesg | tail -n +"$dmesg_from" | grep -E 'EXT4-fs (error|warning)|I/O error|Buffer I/O' || true)
-if [ -n "$errors" ]; then
-	echo "$errors"
-	fail "the kernel logged errors while the server was killed"
-fi
-log "ok: no ext4 or I/O error in dmesg"
+ackwrite_finish_ext4 "$mnt" "$dmesg_from" "while the server was killed"
 stop_server "$SERVER_PID"
-check "e2fsck -fn clean" e2fsck -fn "$img"
-mount_dev "$img" "$USRBD_TMP/image" -o ro,loop
-ackcheck_image "$USRBD_TMP/image/data" "$ack"
-umount "$USRBD_TMP/image"
+ext4_image_ackcheck "$img" data "$ack"
 figures cycles="$cycles" acked="$(acked_count "$ack")" blocks_verified="$ACK_CHECKED" \
 	lost=0 writer_io_errors=0 seconds=$(($(date +%s) - t0))
