@@ -338,7 +338,7 @@ fn fork_loop(fd: RawFd, held: &Held, stop: &AtomicBool) -> Result<Forks> {
         });
         let nap = libc::timespec {
             tv_sec: 0,
-            tv_nsec: rng.i64(0..3_000_000),
+            tv_nsec: libc::c_long::from(rng.i32(0..3_000_000)),
         };
         let mut req = usrbd_request::default();
         // SAFETY: the child makes only async-signal-safe calls (ioctl,
