@@ -340,6 +340,18 @@ figures() {
 	echo "FIGURES $(basename "$0" .sh) $*"
 }
 
+# start_allocator: a process that allocates memory until it is killed, in
+# the background (ALLOC_PID).
+start_allocator() {
+	python3 -c '
+held = []
+while True:
+    held.append(b"\x5a" * (8 << 20))
+' >/dev/null 2>&1 &
+	ALLOC_PID=$!
+	track $ALLOC_PID
+}
+
 # ackwrite_start DEV LOG SPAN: vmkit ackwrite in the background (ACK_PID).
 ackwrite_start() {
 	"$VMKIT" ackwrite --dev "$1" --log "$2" --block 4096 --span "$3" \

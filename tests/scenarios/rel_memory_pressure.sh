@@ -79,13 +79,8 @@ while [ $round -lt $rounds ]; do
 
 	# (2) Allocate until the OOM killer steps in; it must pick the hog.
 	oom_before=$(oom_kills)
-	python3 -c '
-held = []
-while True:
-    held.append(b"\x5a" * (8 << 20))
-' >/dev/null 2>&1 &
-	py=$!
-	track $py
+	start_allocator
+	py=$ALLOC_PID
 	log "round $round, t+$(($(date +%s) - t0))s: allocating until the OOM killer acts"
 	wait_until 180 "the allocating hog to be OOM-killed" not_running $py
 	rc=0

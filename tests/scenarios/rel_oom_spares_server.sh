@@ -36,13 +36,8 @@ fill_mib=$(($(mem_available_kib) / 1024 - 200))
 mount -t tmpfs -o size=$((fill_mib + 1))m hog "$hog"
 LIB_MOUNTS="$hog $LIB_MOUNTS"
 dd if=/dev/zero of="$hog/fill" bs=1M count=$fill_mib status=none || log "the tmpfs stopped early"
-python3 -c '
-held = []
-while True:
-    held.append(b"\x5a" * (8 << 20))
-' >/dev/null 2>&1 &
-py=$!
-track $py
+start_allocator
+py=$ALLOC_PID
 wait_until 180 "the allocating process to end" not_running $py
 dmesg | grep -i 'killed process' | tail -n 3
 running $srv || fail "the OOM killer took the server (VmRSS ${rss_mib} MiB) instead of the allocating process"
